@@ -1,0 +1,57 @@
+"""Market-1501 facts and file-name parsing.
+
+File name ``0002_c1s1_000451_03.jpg``: person 0002, camera 1, sequence 1, frame 000451, box 03.
+Person ``0000`` is a distractor (a gallery negative); ``-1`` is junk (never counts in scoring).
+"""
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+JUNK_PID = -1
+DISTRACTOR_PID = 0
+
+# Official counts of the Market-1501-v15.09.15 download (bounding_box_test includes junk and
+# distractors).
+OFFICIAL_COUNTS = {
+    "train_ids": 751,
+    "train_images": 12936,
+    "query_ids": 750,
+    "query_images": 3368,
+    "gallery_images": 19732,
+    "gallery_distractor_images": 2793,
+    "gallery_junk_images": 3819,
+    "gt_bbox_images": 25259,
+}
+
+_NAME = re.compile(r"^(-1|\d+)_c(\d)s(\d)_(\d+)_(\d+)\.jpg$")
+
+
+class MarketName(NamedTuple):
+    pid: int
+    camid: int
+    seq: int
+    frame: int
+    box: int
+
+
+def parse_market_name(filename: str) -> MarketName:
+    """Parse a Market-1501 image file name (base name only); ValueError if it is not one."""
+    m = _NAME.match(filename)
+    if m is None:
+        raise ValueError(f"not a Market-1501 image name: {filename!r} "
+                         "(expected e.g. 0002_c1s1_000451_03.jpg)")
+    pid, cam, seq, frame, box = m.groups()
+    return MarketName(int(pid), int(cam), int(seq), int(frame), int(box))
+
+
+def released_code_camid(filename: str) -> int:
+    """The camera id the released CORE evaluation computes for a Market-1501 file.
+
+    Its Market parser fails on the first junk file and it falls back to a CUHK03 parser that
+    reads ``2 * (first field - 1) + third field`` of the ``_``-split name, i.e. a number made from
+    the person id and the frame number, not the camera. Only for the comparison option that
+    explains the released code's optimistic scores.
+    """
+    fields = filename.split("_")
+    return 2 * (int(fields[0]) - 1) + int(fields[2])
