@@ -1,0 +1,103 @@
+"""The CORE/SELF network: a torchvision ResNet backbone and the 512-FC-BN-activation head.
+
+Train mode returns class logits; ``pool5`` gives the backbone's globally pooled feature, which is
+what retrieval uses at test time (2048-d for ResNet-50).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torchvision
+
+from utils import UserError
+
+# arch -> (torchvision constructor, pool5 dimension, ImageNet weights enum name)
+ARCHS = {
+    "resnet50": (torchvision.models.resnet50, 2048, "ResNet50_Weights"),
+    "resnet34": (torchvision.models.resnet34, 512, "ResNet34_Weights"),
+    "resnet18": (torchvision.models.resnet18, 512, "ResNet18_Weights"),
+}
+
+
+class ReIDNet(nn.Module):
+    """Backbone -> pool5 -> Linear(512) -> BN -> activation -> Dropout -> Linear(num_classes).
+
+    The released code uses LeakyReLU(0.1) and Dropout(0.5) in the head; the paper says ReLU.
+    Initialisation follows the released code: kaiming-normal (fan_out) for the 512 layer,
+    BN weight ~ N(1, 0.02), classifier weight ~ N(0, 0.001), all biases 0.
+    """
+
+    def __init__(self, arch: str, num_classes: int, bottleneck: int = 512,
+                 activation: str = "leaky_relu", dropout: float = 0.5):
+        super().__init__()
+        constructor, feat_dim, _ = ARCHS[arch]
+        self.backbone = constructor(weights=None)
+        self.backbone.fc = nn.Identity()  # the backbone now returns pool5
+        self.feat_dim = feat_dim
+        act = nn.LeakyReLU(0.1) if activation == "leaky_relu" else nn.ReLU()
+        self.head = nn.Sequential(nn.Linear(feat_dim, bottleneck), nn.BatchNorm1d(bottleneck),
+                                  act, nn.Dropout(dropout))
+        self.classifier = nn.Linear(bottleneck, num_classes)
+        nn.init.kaiming_normal_(self.head[0].weight, a=0, mode="fan_out")
+        nn.init.zeros_(self.head[0].bias)
+        nn.init.normal_(self.head[1].weight, 1.0, 0.02)
+        nn.init.zeros_(self.head[1].bias)
+        nn.init.normal_(self.classifier.weight, 0.0, 0.001)
+        nn.init.zeros_(self.classifier.bias)
+
+    def pool5(self, x: torch.Tensor) -> torch.Tensor:
+        """The globally average-pooled backbone feature (the test-time descriptor)."""
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.head(self.pool5(x)))
+
+    def param_groups(self, lr: float, head_lr_mult: float = 10.0) -> list[dict]:
+        """Backbone at ``lr``, the new head and classifier at ``head_lr_mult * lr`` (as released)."""
+        new = list(self.head.parameters()) + list(self.classifier.parameters())
+        return [{"params": list(self.backbone.parameters()), "lr": lr, "lr_mult": 1.0},
+                {"params": new, "lr": lr * head_lr_mult, "lr_mult": head_lr_mult}]
+
+
+def _imagenet_state_dict(arch: str) -> dict:
+    weights = getattr(torchvision.models, ARCHS[arch][2]).IMAGENET1K_V1
+    try:
+        return weights.get_state_dict(progress=True)
+    except Exception as err:  # offline, proxy, corrupt cache: all mean "no weights"
+        raise UserError(
+            f"could not download the ImageNet weights for {arch} ({type(err).__name__}: {err}); "
+            f"train from scratch with --pretrained none, or fetch {weights.url} elsewhere and "
+            "pass it as --pretrained PATH") from None
+
+
+def _local_state_dict(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"--pretrained {path}: no such file; give 'imagenet', 'none' or the path "
+                        "of a torchvision ResNet state dict")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(f"--pretrained {path}: not a readable PyTorch state dict ({err})") from None
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def build_model(arch: str, num_classes: int, pretrained: str = "imagenet",
+                activation: str = "leaky_relu", dropout: float = 0.5) -> ReIDNet:
+    """Make a ReIDNet; ``pretrained`` is ``imagenet``, ``none`` or a local state-dict path."""
+    if arch not in ARCHS:
+        raise UserError(f"--arch {arch}: unknown; choose one of {', '.join(ARCHS)}")
+    model = ReIDNet(arch, num_classes, activation=activation, dropout=dropout)
+    if pretrained == "none":
+        return model
+    state = (_imagenet_state_dict(arch) if pretrained == "imagenet"
+             else _local_state_dict(Path(pretrained)))
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    try:
+        model.backbone.load_state_dict(state)
+    except RuntimeError as err:  # missing/unexpected keys or shape mismatches
+        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+        raise UserError(f"--pretrained {pretrained}: not a {arch} backbone state dict "
+                        f"({first})") from None
+    return model

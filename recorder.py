@@ -1,0 +1,111 @@
+"""Everything a run leaves in its folder: console log copy, TensorBoard events, metrics.json,
+curves.png and atomic checkpoints."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from utils import atomic_write, atomic_write_text
+
+TEST_KEYS = ("rank1", "rank5", "rank10", "mAP")
+
+
+class RunRecorder:
+    """Writes a run's outputs; ``history`` holds one dict per finished epoch."""
+
+    def __init__(self, run_dir: Path, meta: dict[str, Any],
+                 history: Optional[list[dict]] = None):
+        from tensorboardX import SummaryWriter  # imported here: slow, and only runs need it
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.meta = meta
+        self.history: list[dict] = list(history or [])
+        self.log_file = open(run_dir / "train.log", "a", buffering=1)
+        self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, message: str) -> None:
+        """Print a line and keep a copy in ``train.log``."""
+        print(message, flush=True)
+        self.log_file.write(message + "\n")
+
+    def add_epoch(self, record: dict[str, Any], per_network: list[dict[str, float]]) -> None:
+        """Record one epoch: TensorBoard scalars, metrics.json (atomically) and the curves."""
+        epoch = record["epoch"]
+        self.tb.add_scalar("lr", record["lr"], epoch)
+        for k, stats in enumerate(per_network, start=1):
+            for key, value in stats.items():
+                self.tb.add_scalar(f"net{k}/{key}", value, epoch)
+        for key in TEST_KEYS:
+            if record.get(key) is not None:
+                self.tb.add_scalar(f"test/{key}", record[key], epoch)
+        self.tb.flush()
+        self.history.append(record)
+        self.write_metrics()
+        if record.get("rank1") is not None:
+            self.plot_curves()
+
+    def summary(self) -> tuple[Optional[dict], Optional[dict]]:
+        """(best-by-rank-1, final) test results, each with its epoch."""
+        tested = [h for h in self.history if h.get("rank1") is not None]
+        if not tested:
+            return None, None
+        pick = lambda h: {"epoch": h["epoch"], **{k: h[k] for k in TEST_KEYS}}  # noqa: E731
+        best = max(tested, key=lambda h: (h["rank1"], -h["epoch"]))
+        return pick(best), pick(tested[-1])
+
+    def write_metrics(self) -> None:
+        best, final = self.summary()
+        payload = {**self.meta, "history": self.history, "best": best, "final": final}
+        atomic_write_text(self.run_dir / "metrics.json", json.dumps(payload, indent=1))
+
+    def plot_curves(self) -> None:
+        """curves.png: test scores, training loss and label precision over epochs."""
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        epochs = [h["epoch"] for h in self.history]
+        tested = [h for h in self.history if h.get("rank1") is not None]
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+        axes[0].plot([h["epoch"] for h in tested], [h["rank1"] for h in tested], "o-",
+                     label="rank-1")
+        axes[0].plot([h["epoch"] for h in tested], [h["mAP"] for h in tested], "s-", label="mAP")
+        axes[0].set_title("test (network 1)")
+        for k in range(len(self.history[0]["networks"])):
+            nets = [h["networks"][k] for h in self.history]
+            axes[1].plot(epochs, [n["loss"] for n in nets], label=f"network {k + 1}")
+            axes[2].plot(epochs, [n["label_precision"] for n in nets], label=f"network {k + 1}")
+        injected = self.meta.get("injected_label_precision")
+        if injected is not None:
+            axes[2].axhline(injected, color="gray", ls="--", label="injected labels")
+        axes[1].set_title("training loss")
+        axes[2].set_title("label precision (refined label = true label)")
+        for ax in axes:
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        atomic_write(self.run_dir / "curves.png", lambda tmp: fig.savefig(tmp, format="png"))
+        plt.close(fig)
+
+    def save_checkpoint(self, state: dict[str, Any], name: str) -> Path:
+        """Save ``state`` as ``<run>/<name>`` atomically (never a half-written checkpoint)."""
+        path = self.run_dir / name
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+        return path
+
+    def close(self) -> None:
+        self.tb.close()
+        self.log_file.close()
+
+
+def format_scores(scores: dict[str, float]) -> str:
+    return "  ".join(f"{k} {100 * scores[k]:.2f}" for k in TEST_KEYS)
+
+
+def finite(value: float) -> bool:
+    return math.isfinite(value)
