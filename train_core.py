@@ -8,13 +8,16 @@ lambda); afterwards each learns from the other's refined label and distribution:
 L1 = CE(logits1, argmax p2) + kl_weight * mean(-sum_c p2[c] log p1[c]), peer detached, and
 symmetrically for network 2 (losses.py).
 """
+from __future__ import annotations
+
 import argparse
+from typing import Optional, Sequence
 
 from engine import add_common_args, parse_args, train
 from utils import run_cli
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage1_epochs", type=int, default=20,
@@ -25,7 +28,11 @@ def main() -> None:
                         help="selective consistency: the peer's hard label only counts on "
                         "samples where both peers agree (per sample; see README)")
     add_common_args(parser)
-    train(parse_args(parser), "core")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    return train(parse_args(build_parser(), argv), "core")
 
 
 if __name__ == "__main__":

@@ -10,21 +10,28 @@ noisy labels.
 SELF's loss per sample is -(1 - lambda) log p[y] - lambda log max_c p[c], with lambda for an
 epoch = 1 / (1 + mean training loss of the previous epoch) and 0 in the first (losses.py).
 """
+from __future__ import annotations
+
 import argparse
+from typing import Optional, Sequence
 
 from engine import add_common_args, parse_args, train
 from utils import run_cli
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", default="self", choices=["self", "baseline"],
                         help="'self': self label refining; 'baseline': plain cross-entropy "
                         "on the noisy labels")
     add_common_args(parser)
-    args = parse_args(parser)
-    train(args, args.method)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    args = parse_args(build_parser(), argv)
+    return train(args, args.method)
 
 
 if __name__ == "__main__":

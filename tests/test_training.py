@@ -1,0 +1,146 @@
+"""Real training runs on a tiny synthetic dataset: baseline, SELF and CORE end to end, what a
+run leaves behind, the SELF -> co-refining switch, exact resume, patterned noise, bad input."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import train_core
+import train_self
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--arch", "resnet18", "--pretrained", "none", "--img_size", "32", "16",
+        "--batchsize", "8", "--workers", "0", "--eval_every", "2", "--lr", "0.05"]
+HISTORY_KEYS = {"epoch", "lr", "loss", "train_acc", "label_precision", "rank1", "rank5",
+                "rank10", "mAP", "epoch_time_s"}
+SCORE_KEYS = {"epoch", "rank1", "rank5", "rank10", "mAP"}
+
+
+@pytest.fixture(scope="module")
+def data_dir(prepared_market):
+    assert prepared_market.name == "market"
+    return str(prepared_market.parent)
+
+
+def args(data_dir, out, *extra):
+    return ["--data_dir", data_dir, "--output_dir", str(out), *TINY, *extra]
+
+
+def check_run_folder(result, method, networks):
+    run = Path(result["run_dir"])
+    for name in ("metrics.json", "curves.png", "train.log", "last.pt", "best.pt",
+                 "noisy_labels.npz"):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["method"] == method and metrics["dataset"] == "market"
+    assert {"noise_type", "noise_ratio", "seed", "args"} <= metrics.keys()
+    for entry in metrics["history"]:
+        assert HISTORY_KEYS <= entry.keys()
+        assert len(entry["networks"]) == networks
+        assert 0 <= entry["label_precision"] <= 1 and 0 <= entry["train_acc"] <= 1
+    tested = [h for h in metrics["history"] if h["rank1"] is not None]
+    assert [h["epoch"] for h in tested] == [0, 2]  # every 2 epochs and the last
+    for key in ("best", "final"):
+        assert metrics[key].keys() == SCORE_KEYS
+        assert all(0 <= metrics[key][k] <= 1 for k in SCORE_KEYS - {"epoch"})
+    assert metrics["final"]["epoch"] == 2
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    assert ckpt["epoch"] == 2 and len(ckpt["networks"]) == len(ckpt["optimizers"]) == networks
+    assert {"lambdas", "rng", "noisy_labels", "is_clean"} <= ckpt.keys()
+    return metrics
+
+
+@pytest.mark.parametrize("method", ["baseline", "self"])
+def test_single_network_runs_leave_every_output(data_dir, tmp_path, method):
+    result = train_self.main(args(data_dir, tmp_path, "--method", method, "--epochs", "3"))
+    metrics = check_run_folder(result, method, 1)
+    assert Path(result["run_dir"]).name == f"market_{method}_random0.2_lr0.05_seed1_resnet18"
+    assert abs(metrics["realised_noise_rate"] - 0.2) < 0.1
+    lambdas = [h["lambda"] for h in metrics["history"]]
+    assert lambdas[0] == 0.0
+    assert lambdas[1] == pytest.approx(1 / (1 + metrics["history"][0]["loss"]))
+
+
+def test_core_switches_from_self_to_co_refining_at_stage1_epochs(data_dir, tmp_path):
+    result = train_core.main(args(data_dir, tmp_path, "--epochs", "3", "--stage1_epochs", "1"))
+    metrics = check_run_folder(result, "core", 2)
+    assert [h["stage"] for h in metrics["history"]] == ["SELF", "SELF", "co-refining"]
+    first = metrics["history"][0]["networks"]
+    assert first[0]["loss"] != first[1]["loss"]  # two different peers
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(data_dir, tmp_path):
+    common = args(data_dir, tmp_path, "--epochs", "4", "--stage1_epochs", "1")
+    whole = train_core.main([*common, "--run_name", "whole"])
+    train_core.main([*common, "--run_name", "split", "--epochs", "2"])  # "stopped" after 1
+    resumed = train_core.main([*common, "--run_name", "split", "--resume", "auto"])
+    a = torch.load(Path(whole["run_dir"]) / "last.pt", weights_only=False)
+    b = torch.load(Path(resumed["run_dir"]) / "last.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 3
+    for net_a, net_b in zip(a["networks"], b["networks"]):
+        for key in net_a:
+            assert torch.equal(net_a[key], net_b[key]), key
+    assert [h["loss"] for h in whole["history"]] == [h["loss"] for h in resumed["history"]]
+    assert whole["final"] == resumed["final"]
+
+
+def test_a_new_run_never_overwrites_an_earlier_one(data_dir, tmp_path):
+    first = train_self.main(args(data_dir, tmp_path, "--epochs", "1"))
+    second = train_self.main(args(data_dir, tmp_path, "--epochs", "1"))
+    assert Path(second["run_dir"]) == Path(first["run_dir"] + "-2")
+    assert (Path(first["run_dir"]) / "last.pt").is_file()
+
+
+def test_loader_path_trains_too(data_dir, tmp_path):
+    result = train_self.main(args(data_dir, tmp_path, "--epochs", "1", "--data_path", "loader"))
+    assert result["history"][0]["loss"] > 0
+
+
+def test_pattern_noise_uses_the_clean_models_confusions(data_dir, tmp_path):
+    clean = train_self.main(args(data_dir, tmp_path, "--method", "baseline", "--noise_ratio",
+                                 "0", "--epochs", "1"))
+    assert Path(clean["run_dir"]).name.startswith("market_baseline_clean")
+    result = train_core.main(args(data_dir, tmp_path, "--pattern", "--noise_ratio", "0.5",
+                                  "--pattern_model", str(Path(clean["run_dir"]) / "last.pt"),
+                                  "--epochs", "1", "--stage1_epochs", "0"))
+    noise = np.load(Path(result["run_dir"]) / "noisy_labels.npz")
+    assert result["noise_type"] == "pattern"
+    assert 0.3 < result["realised_noise_rate"] < 0.7
+    assert noise["is_clean"].sum() < len(noise["is_clean"])
+
+
+def run_cli(script, *argv):
+    proc = subprocess.run([sys.executable, script, *argv], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    return proc.returncode, proc.stderr
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--noise_ratio", "1.0"], "--noise_ratio 1.0: must be in [0, 1)"),
+    (["--pattern"], "python train_self.py --method baseline --noise_ratio 0"),
+])
+def test_bad_input_is_one_clear_line(data_dir, tmp_path, extra, message):
+    code, err = run_cli("train_core.py", *args(data_dir, tmp_path, *extra))
+    assert code == 2 and message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_data_is_one_clear_line(tmp_path):
+    code, err = run_cli("train_core.py", *args(str(tmp_path / "nowhere"), tmp_path))
+    assert code == 2 and "prepare_market.py" in err and "Traceback" not in err
+
+
+def test_offline_imagenet_weights_name_the_way_out(data_dir, tmp_path):
+    env_args = args(data_dir, tmp_path, "--epochs", "1")
+    env_args[env_args.index("--pretrained") + 1] = "imagenet"
+    proc = subprocess.run([sys.executable, "train_self.py", *env_args], cwd=REPO, text=True,
+                          capture_output=True, timeout=300,
+                          env={"PATH": "/usr/bin:/bin", "TORCH_HOME": str(tmp_path / "th"),
+                               "HTTPS_PROXY": "http://127.0.0.1:9"})
+    assert proc.returncode == 2 and "--pretrained none" in proc.stderr
+    assert "Traceback" not in proc.stderr
