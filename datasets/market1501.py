@@ -55,3 +55,32 @@ def released_code_camid(filename: str) -> int:
     """
     fields = filename.split("_")
     return 2 * (int(fields[0]) - 1) + int(fields[2])
+
+
+def format_market_name(pid: int, camid: int, seq: int, frame: int, box: int) -> str:
+    """The Market-1501 file name for these fields (junk keeps its bare ``-1``)."""
+    person = str(pid) if pid == JUNK_PID else f"{pid:04d}"
+    return f"{person}_c{camid}s{seq}_{frame:06d}_{box:02d}.jpg"
+
+
+# The download: one top folder holding these image folders.
+DOWNLOAD_FOLDER = "Market-1501-v15.09.15"
+TRAIN_FOLDER = "bounding_box_train"
+TEST_FOLDER = "bounding_box_test"
+QUERY_FOLDER = "query"
+GT_BBOX_FOLDER = "gt_bbox"
+GT_QUERY_FOLDER = "gt_query"
+REQUIRED_FOLDERS = (TRAIN_FOLDER, TEST_FOLDER, QUERY_FOLDER)
+
+# Official (identity folders, images) of each split of the prepared layout; None where the
+# download's documentation gives no number. The gallery's identity folders include 0000
+# (distractors) and -1 (junk); val holds the first image of every training identity.
+PREPARED_COUNTS: dict[str, tuple[int | None, int]] = {
+    "train_all": (OFFICIAL_COUNTS["train_ids"], OFFICIAL_COUNTS["train_images"]),
+    "train": (OFFICIAL_COUNTS["train_ids"],
+              OFFICIAL_COUNTS["train_images"] - OFFICIAL_COUNTS["train_ids"]),
+    "val": (OFFICIAL_COUNTS["train_ids"], OFFICIAL_COUNTS["train_ids"]),
+    "query": (OFFICIAL_COUNTS["query_ids"], OFFICIAL_COUNTS["query_images"]),
+    "gallery": (OFFICIAL_COUNTS["query_ids"] + 2, OFFICIAL_COUNTS["gallery_images"]),
+    "multi-query": (None, OFFICIAL_COUNTS["gt_bbox_images"]),
+}

@@ -1,0 +1,621 @@
+"""A synthetic, Market-1501-shaped download: procedurally drawn people seen by simulated cameras.
+
+Market-1501 cannot be shipped or fetched here, so every script is tested on this instead. It
+writes the download's folders and file-name scheme (``0002_c1s1_000451_03.jpg``, distractors
+``0000``, junk ``-1``, a stray ``Thumbs.db``), so ``prepare_market.py`` and training run on it
+unchanged. Identity = clothing colours, pattern, accessories, hair and build; camera =
+background, colour cast, brightness and blur; each image adds pose, framing and sensor noise.
+Some identities are near-twins of another (one attribute differs), so retrieval on unseen people
+stays hard while classifying the training people is learnable in minutes.
+
+Same spec and seed give byte-identical files: every image draws from its own generator seeded by
+(seed, its number in the plan), whichever worker process renders it.
+
+    python -m datasets.synthetic --out /tmp/synth --preset demo
+"""
+from __future__ import annotations
+
+import argparse
+import colorsys
+import dataclasses
+import io
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from datasets import market1501 as m
+from utils import UserError, run_cli
+
+HEIGHT, WIDTH = 128, 64
+
+_IMAGE_FOLDERS = (m.TRAIN_FOLDER, m.TEST_FOLDER, m.QUERY_FOLDER, m.GT_BBOX_FOLDER)
+
+# Market-1501's bounding_box_test: 2,793 distractors and 3,819 junk beside 13,120 good images.
+_DISTRACTOR_SHARE = 2793 / 13120
+_JUNK_SHARE = 3819 / 13120
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """What to generate. Totals left as None follow from the per-identity numbers.
+
+    ``images_per_id`` is the mean number of training images per training identity and of good
+    gallery images per test identity. Each test identity has one query per camera it is seen by
+    (2 to ``num_cams`` cameras), as in Market-1501. The knobs below set the difficulty.
+    """
+    num_train_ids: int
+    num_test_ids: int
+    images_per_id: float
+    num_cams: int = 6
+    seed: int = 0
+    train_images: int | None = None
+    gallery_images: int | None = None      # good ones: no distractors, no junk
+    query_images: int | None = None
+    distractor_images: int | None = None
+    junk_images: int | None = None
+    gt_bbox_per_id: int = 2                # hand-drawn boxes per test identity (multi-query)
+    similar_fraction: float = 0.3          # identities drawn as a near-twin of another one
+    camera_strength: float = 1.0           # scales colour cast, brightness and blur between cameras
+    pose_jitter: float = 1.0               # scales per-image shift, scale and walking pose
+    noise_std: float = 6.0                 # sensor noise, in 0..255 grey levels
+    occlusion_prob: float = 0.15           # chance an image has an occluding object
+    jpeg_quality: int = 90
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise UserError(f"synthetic dataset: {what}")
+
+        need(self.num_train_ids >= 1 and self.num_test_ids >= 1, "need at least 1 train and 1 test identity")
+        need(self.num_train_ids + self.num_test_ids <= 9998, "at most 9998 identities (4-digit ids, 0000 is reserved)")
+        need(2 <= self.num_cams <= 9, f"num_cams must be 2..9, got {self.num_cams}")
+        need(self.images_per_id >= 2, f"images_per_id must be >= 2, got {self.images_per_id}")
+        need(0 <= self.similar_fraction <= 1, f"similar_fraction must be in [0, 1], got {self.similar_fraction}")
+        need(self.camera_strength >= 0 and self.pose_jitter >= 0 and self.noise_std >= 0,
+             "camera_strength, pose_jitter and noise_std must be >= 0")
+        need(0 <= self.occlusion_prob <= 1, f"occlusion_prob must be in [0, 1], got {self.occlusion_prob}")
+        need(1 <= self.jpeg_quality <= 100, f"jpeg_quality must be 1..100, got {self.jpeg_quality}")
+        need(self.gt_bbox_per_id >= 0, "gt_bbox_per_id must be >= 0")
+        for name in ("train_images", "gallery_images", "query_images", "distractor_images", "junk_images"):
+            value = getattr(self, name)
+            need(value is None or value >= 0, f"{name} must be >= 0, got {value}")
+
+
+PRESETS: dict[str, SyntheticSpec] = {
+    # For the test suite: a few hundred KB, well under a second.
+    "tiny": SyntheticSpec(num_train_ids=8, num_test_ids=6, images_per_id=5, num_cams=3),
+    # The training demo's default: learnable in minutes on 2 CPUs.
+    "demo": SyntheticSpec(num_train_ids=100, num_test_ids=100, images_per_id=12),
+    # Market-1501's counts (OFFICIAL_COUNTS): 751 train ids / 12,936 images, 750 test ids,
+    # 3,368 queries, 19,732 gallery images with 2,793 distractors and 3,819 junk.
+    "market": SyntheticSpec(
+        num_train_ids=m.OFFICIAL_COUNTS["train_ids"],
+        num_test_ids=m.OFFICIAL_COUNTS["query_ids"],
+        images_per_id=m.OFFICIAL_COUNTS["train_images"] / m.OFFICIAL_COUNTS["train_ids"],
+        train_images=m.OFFICIAL_COUNTS["train_images"],
+        query_images=m.OFFICIAL_COUNTS["query_images"],
+        distractor_images=m.OFFICIAL_COUNTS["gallery_distractor_images"],
+        junk_images=m.OFFICIAL_COUNTS["gallery_junk_images"],
+        gallery_images=(m.OFFICIAL_COUNTS["gallery_images"] - m.OFFICIAL_COUNTS["gallery_distractor_images"]
+                        - m.OFFICIAL_COUNTS["gallery_junk_images"]),
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Appearance: who a person is, what a camera sees.
+
+Colour = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Person:
+    """Everything that stays the same across a person's images."""
+    skin: Colour
+    hair: Colour
+    top: Colour
+    top_second: Colour      # stripe / check colour
+    top_pattern: str        # "plain", "stripes", "checks"
+    pattern_period: float   # pixels at full height
+    long_sleeves: bool
+    bottom: Colour
+    bottom_kind: str        # "trousers", "shorts", "skirt"
+    shoes: Colour
+    long_hair: bool
+    hat: Colour | None
+    bag: Colour | None
+    bag_kind: str           # "shoulder", "backpack"
+    build: float            # width factor
+    height: float           # height factor
+
+
+class Camera(NamedTuple):
+    wall: Colour
+    floor: Colour
+    horizon: float          # fraction of the image height
+    pillars: tuple[tuple[float, float, Colour], ...]   # (x, width, colour) on a 3x-wide strip
+    gain: Colour            # per-channel colour cast
+    brightness: float
+    blur: float             # Gaussian radius in pixels
+    texture_seed: int
+
+
+_PATTERNS = ("plain", "stripes", "checks")
+_BOTTOMS = ("trousers", "trousers", "shorts", "skirt")
+_SKIN_TONES = ((255, 219, 180), (234, 192, 150), (198, 145, 105), (141, 95, 65), (95, 62, 42))
+_HAIR_TONES = ((20, 17, 15), (60, 40, 28), (110, 75, 45), (200, 165, 100), (150, 150, 150))
+
+
+def _jitter(rng: np.random.Generator, colour: tuple, spread: float) -> Colour:
+    return tuple(float(np.clip(c + rng.normal(0, spread), 0, 255)) for c in colour)
+
+
+def _clothing_colour(rng: np.random.Generator) -> Colour:
+    """Mostly muted colours, as people wear; a third are near-neutral (black, grey, white, navy)."""
+    hue = rng.random()
+    if rng.random() < 0.35:
+        saturation, value = rng.uniform(0, 0.25), rng.uniform(0.08, 0.95)
+    else:
+        saturation, value = rng.uniform(0.3, 0.95), rng.uniform(0.25, 0.95)
+    return tuple(255 * c for c in colorsys.hsv_to_rgb(hue, saturation, value))
+
+
+def _random_person(rng: np.random.Generator) -> Person:
+    return Person(
+        skin=_jitter(rng, _SKIN_TONES[rng.integers(len(_SKIN_TONES))], 8),
+        hair=_jitter(rng, _HAIR_TONES[rng.integers(len(_HAIR_TONES))], 8),
+        top=_clothing_colour(rng),
+        top_second=_clothing_colour(rng),
+        top_pattern=_PATTERNS[rng.choice(3, p=(0.55, 0.3, 0.15))],
+        pattern_period=float(rng.uniform(5, 12)),
+        long_sleeves=bool(rng.random() < 0.6),
+        bottom=_clothing_colour(rng),
+        bottom_kind=_BOTTOMS[rng.integers(len(_BOTTOMS))],
+        shoes=_clothing_colour(rng),
+        long_hair=bool(rng.random() < 0.35),
+        hat=_clothing_colour(rng) if rng.random() < 0.2 else None,
+        bag=_clothing_colour(rng) if rng.random() < 0.45 else None,
+        bag_kind=("shoulder", "backpack")[rng.integers(2)],
+        build=float(rng.uniform(0.85, 1.2)),
+        height=float(rng.uniform(0.9, 1.05)),
+    )
+
+
+def _near_twin(base: Person, rng: np.random.Generator) -> Person:
+    """``base`` with one attribute changed: the identities annotators (and networks) confuse."""
+    fresh = _random_person(rng)
+    change = ("top", "bottom", "top_pattern", "bag", "hat", "hair", "shoes", "long_sleeves")[rng.integers(8)]
+    if change == "top":
+        h, s, v = colorsys.rgb_to_hsv(*(c / 255 for c in base.top))
+        hue = (h + rng.choice((-1, 1)) * rng.uniform(0.08, 0.2)) % 1.0
+        return dataclasses.replace(base, top=tuple(255 * c for c in colorsys.hsv_to_rgb(hue, max(s, 0.4), v)))
+    if change == "top_pattern":
+        other = [p for p in _PATTERNS if p != base.top_pattern]
+        return dataclasses.replace(base, top_pattern=other[rng.integers(2)], top_second=fresh.top_second)
+    if change == "bag":
+        return dataclasses.replace(base, bag=None if base.bag is not None else fresh.top, bag_kind=fresh.bag_kind)
+    if change == "hat":
+        return dataclasses.replace(base, hat=None if base.hat is not None else fresh.top)
+    if change == "long_sleeves":
+        return dataclasses.replace(base, long_sleeves=not base.long_sleeves)
+    return dataclasses.replace(base, **{change: getattr(fresh, change)})
+
+
+def _random_camera(rng: np.random.Generator, strength: float) -> Camera:
+    pillars = tuple((float(rng.uniform(0, 3 * WIDTH)), float(rng.uniform(4, 20)), _clothing_colour(rng))
+                    for _ in range(rng.integers(1, 5)))
+    return Camera(
+        wall=_clothing_colour(rng), floor=_clothing_colour(rng),
+        horizon=float(rng.uniform(0.55, 0.85)), pillars=pillars,
+        gain=tuple(float(1 + strength * rng.uniform(-0.18, 0.18)) for _ in range(3)),
+        brightness=float(1 + strength * rng.uniform(-0.3, 0.2)),
+        blur=float(strength * rng.uniform(0, 1.0)),
+        texture_seed=int(rng.integers(2**31)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Drawing: numpy masks over one 128x64 canvas.
+
+_YY, _XX = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+
+
+def _ellipse(cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
+    return ((_YY - cy) / ry) ** 2 + ((_XX - cx) / rx) ** 2 <= 1
+
+
+def _quad(y0: float, y1: float, top: tuple[float, float], bottom: tuple[float, float]) -> np.ndarray:
+    """Rows y0..y1 between a left and a right edge that move linearly from ``top`` to ``bottom``."""
+    t = np.clip((_YY - y0) / max(y1 - y0, 1e-3), 0, 1)
+    left = top[0] + (bottom[0] - top[0]) * t
+    right = top[1] + (bottom[1] - top[1]) * t
+    return (_YY >= y0) & (_YY <= y1) & (_XX >= left) & (_XX <= right)
+
+
+def _limb(y0: float, y1: float, x0: float, x1: float, half_width: float) -> np.ndarray:
+    return _quad(y0, y1, (x0 - half_width, x0 + half_width), (x1 - half_width, x1 + half_width))
+
+
+_BACKGROUNDS: dict[Camera, np.ndarray] = {}
+
+
+def _background_strip(camera: Camera) -> np.ndarray:
+    """A camera's scene, three image widths wide; each image sees a window of it."""
+    if camera not in _BACKGROUNDS:
+        rng = np.random.default_rng(camera.texture_seed)
+        yy, xx = np.mgrid[0:HEIGHT, 0:3 * WIDTH].astype(np.float32)
+        strip = np.where((yy < camera.horizon * HEIGHT)[..., None],
+                         np.array(camera.wall, np.float32), np.array(camera.floor, np.float32))
+        for x, width, colour in camera.pillars:
+            strip[(np.abs(xx - x) < width / 2) & (yy < camera.horizon * HEIGHT)] = colour
+        # Low-frequency blotches: a coarse random grid, smoothly upsampled.
+        coarse = np.clip(rng.normal(128, 18, size=(HEIGHT // 16, 3 * WIDTH // 16)), 0, 255).astype(np.uint8)
+        blotches = Image.fromarray(coarse).resize((3 * WIDTH, HEIGHT), Image.BILINEAR)
+        strip += np.asarray(blotches, np.float32)[..., None] - 128
+        _BACKGROUNDS[camera] = strip
+    return _BACKGROUNDS[camera]
+
+
+def _draw_person(canvas: np.ndarray, person: Person, rng: np.random.Generator, jitter: float,
+                 cx: float, top: float, height: float) -> None:
+    """Paint ``person`` onto ``canvas`` (H, W, 3 float), back to front, in a random pose and view."""
+    h = height
+    w = person.build
+    facing_back = rng.random() < 0.5
+    stride = jitter * rng.uniform(-1, 1)  # walking phase: legs and arms swing opposite ways
+
+    def y(fraction: float) -> float:
+        return top + fraction * h
+
+    colour_of = np.zeros(canvas.shape, np.float32)
+    body = np.zeros(canvas.shape[:2], bool)
+
+    def paint(mask: np.ndarray, colour: Colour) -> None:
+        colour_of[mask] = colour
+        body[mask] = True
+
+    if person.long_hair and not facing_back:
+        paint(_quad(y(0.06), y(0.24), (cx - 0.07 * h, cx + 0.07 * h), (cx - 0.08 * h, cx + 0.08 * h)), person.hair)
+    # Legs, then what covers them.
+    hip, ankle = y(0.5), y(0.95)
+    for side in (-1, 1):
+        x_top = cx + side * 0.05 * h * w
+        x_bottom = x_top + side * 0.02 * h + stride * side * 0.06 * h
+        leg = _limb(hip, ankle, x_top, x_bottom, 0.05 * h * w)
+        paint(leg, person.skin if person.bottom_kind != "trousers" else person.bottom)
+        paint(_ellipse(ankle, x_bottom, 0.025 * h, 0.04 * h), person.shoes)
+    if person.bottom_kind == "shorts":
+        for side in (-1, 1):
+            x_top = cx + side * 0.05 * h * w
+            paint(_limb(hip - 1, y(0.68), x_top, x_top + side * 0.01 * h + stride * side * 0.02 * h, 0.06 * h * w),
+                  person.bottom)
+    elif person.bottom_kind == "skirt":
+        paint(_quad(hip - 1, y(0.7), (cx - 0.1 * h * w, cx + 0.1 * h * w), (cx - 0.15 * h * w, cx + 0.15 * h * w)),
+              person.bottom)
+    # Torso with its pattern, then arms.
+    shoulder, waist = y(0.15), y(0.51)
+    torso = _quad(shoulder, waist, (cx - 0.12 * h * w, cx + 0.12 * h * w), (cx - 0.1 * h * w, cx + 0.1 * h * w))
+    period = person.pattern_period * h / 110
+    phase = rng.uniform(0, period)
+    if person.top_pattern == "plain":
+        paint(torso, person.top)
+    else:
+        stripes = ((_YY - shoulder + phase) // (period / 2)) % 2 == 0
+        if person.top_pattern == "checks":
+            stripes ^= ((_XX - cx + phase) // (period / 2)) % 2 == 0
+        paint(torso & ~stripes, person.top)
+        paint(torso & stripes, person.top_second)
+    for side in (-1, 1):
+        x_shoulder = cx + side * 0.13 * h * w
+        x_hand = x_shoulder + side * 0.02 * h - stride * side * 0.05 * h
+        elbow_row = y(0.31)
+        paint(_limb(shoulder + 1, y(0.46), x_shoulder, x_hand, 0.035 * h), person.skin)
+        sleeve_end = y(0.45) if person.long_sleeves else elbow_row
+        x_sleeve = x_shoulder + (x_hand - x_shoulder) * (sleeve_end - shoulder) / (y(0.46) - shoulder)
+        paint(_limb(shoulder, sleeve_end, x_shoulder, x_sleeve, 0.04 * h), person.top)
+    # Bag: a backpack shows as a block from behind and as straps from the front.
+    if person.bag is not None:
+        if person.bag_kind == "backpack":
+            if facing_back:
+                paint(_quad(y(0.18), y(0.45), (cx - 0.09 * h * w, cx + 0.09 * h * w), (cx - 0.1 * h * w, cx + 0.1 * h * w)),
+                      person.bag)
+            else:
+                for side in (-1, 1):
+                    paint(_limb(shoulder, y(0.35), cx + side * 0.07 * h * w, cx + side * 0.08 * h * w, 0.015 * h), person.bag)
+        else:
+            side = 1 if facing_back else -1
+            paint(_limb(shoulder, y(0.42), cx - side * 0.08 * h * w, cx + side * 0.1 * h * w, 0.012 * h), person.bag)
+            paint(_quad(y(0.4), y(0.55), (cx + side * 0.14 * h * w - 0.06 * h, cx + side * 0.14 * h * w + 0.06 * h),
+                        (cx + side * 0.14 * h * w - 0.065 * h, cx + side * 0.14 * h * w + 0.065 * h)), person.bag)
+    # Head: hair on top, all hair from behind; long hair falls over the back.
+    head_cy, head_ry, head_rx = y(0.075), 0.065 * h, 0.05 * h
+    paint(_ellipse(y(0.13), cx, 0.03 * h, 0.025 * h), person.skin)  # neck
+    paint(_ellipse(head_cy, cx, head_ry, head_rx), person.hair if facing_back else person.skin)
+    if not facing_back:
+        paint(_ellipse(head_cy - 0.3 * head_ry, cx, 0.75 * head_ry, 1.05 * head_rx) & (_YY < head_cy - 0.2 * head_ry),
+              person.hair)
+    elif person.long_hair:
+        paint(_quad(head_cy, y(0.27), (cx - 0.06 * h, cx + 0.06 * h), (cx - 0.075 * h, cx + 0.075 * h)), person.hair)
+    if person.hat is not None:
+        paint(_ellipse(head_cy - 0.55 * head_ry, cx, 0.55 * head_ry, 1.15 * head_rx) & (_YY < head_cy - 0.3 * head_ry),
+              person.hat)
+    # Round the body with horizontal shading, then composite.
+    shade = 1.0 - 0.3 * np.clip(np.abs(_XX - cx) / (0.16 * h * w), 0, 1) ** 2
+    canvas[body] = (colour_of * shade[..., None])[body]
+
+
+class _Job(NamedTuple):
+    """One image to render: where it goes and what it shows."""
+    path: str            # relative to the download root
+    person: int          # index into the identity list; -1 for a stranger (distractor)
+    camera: int
+    framing: str         # "normal", "junk" (badly cut box) or "distractor"
+    key: tuple[int, ...]  # seeds this image's generator
+
+
+def _render(job: _Job, people: list[Person], cameras: list[Camera], spec: SyntheticSpec) -> bytes:
+    """Draw one image and return it as JPEG bytes."""
+    rng = np.random.default_rng(job.key)
+    camera = cameras[job.camera]
+    jitter = spec.pose_jitter
+    x0 = int(rng.integers(0, 2 * WIDTH))
+    canvas = _background_strip(camera)[:, x0:x0 + WIDTH].copy()
+    height = 112 * (people[job.person].height if job.person >= 0 else 1.0) * (1 + 0.06 * jitter * rng.normal())
+    top = (HEIGHT - height) / 2 + 3 * jitter * rng.normal()
+    cx = WIDTH / 2 + 2.5 * jitter * rng.normal()
+    if job.framing != "normal":
+        # A detector's bad box: the person far off-centre, too large or cut off.
+        cx += rng.choice((-1, 1)) * rng.uniform(14, 30)
+        height *= rng.uniform(1.0, 1.8)
+        top -= rng.uniform(0, 0.5) * height
+    if job.framing == "distractor" and rng.random() < 0.4:
+        for _ in range(rng.integers(2, 6)):  # clutter, no person at all
+            y, x = rng.uniform(0, HEIGHT), rng.uniform(0, WIDTH)
+            canvas[_ellipse(y, x, rng.uniform(5, 30), rng.uniform(4, 20))] = _clothing_colour(rng)
+    else:
+        person = people[job.person] if job.person >= 0 else _random_person(rng)
+        _draw_person(canvas, person, rng, jitter, cx, top, height)
+    if rng.random() < spec.occlusion_prob:  # something in front: a pole, a passer-by, a bike
+        y0 = rng.uniform(0.3, 0.9) * HEIGHT
+        x_left = rng.uniform(-WIDTH / 2, WIDTH)
+        canvas[(_YY >= y0) & (_XX >= x_left) & (_XX <= x_left + rng.uniform(8, 30))] = _clothing_colour(rng)
+    if rng.random() < 0.5:
+        canvas = canvas[:, ::-1]
+    light = camera.brightness * (1 + 0.08 * rng.normal())
+    canvas = canvas * (np.array(camera.gain, np.float32) * light)
+    image = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
+    radius = camera.blur + rng.uniform(0, 0.4)
+    if radius > 0.05:
+        image = image.filter(ImageFilter.GaussianBlur(radius))
+    noisy = np.asarray(image, np.float32) + spec.noise_std * rng.standard_normal((HEIGHT, WIDTH, 3), np.float32)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=spec.jpeg_quality)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning the download: who is seen where, and under which file name.
+
+def _spread(total: int, minimum: np.ndarray, maximum: float, rng: np.random.Generator) -> np.ndarray:
+    """Integer counts, one per part, summing to ``total``, each within [minimum, maximum]; some
+    parts are popular (like people who walk past the cameras often)."""
+    counts = minimum.astype(np.int64).copy()
+    remaining = total - int(counts.sum())
+    if remaining < 0 or remaining > np.sum(maximum - counts):
+        raise UserError(f"synthetic dataset: cannot spread {total} images over {len(counts)} "
+                        f"identities ({int(counts.sum())} to {int(np.sum(maximum - counts) + counts.sum())} fit); "
+                        "change the image totals or identity counts")
+    popularity = rng.gamma(2.0, size=len(counts))
+    while remaining > 0:
+        open_parts = np.flatnonzero(counts < maximum)
+        take = min(remaining, len(open_parts))
+        weights = popularity[open_parts] / popularity[open_parts].sum()
+        counts[rng.choice(open_parts, size=take, replace=False, p=weights)] += 1
+        remaining -= take
+    return counts
+
+
+class _Namer:
+    """Market file names, unique per folder: frames count up per (person, camera)."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+        self.last_frame: dict[tuple[int, int], int] = {}
+
+    def __call__(self, pid: int, camera: int, box: int | None = None) -> str:
+        frame = self.last_frame.get((pid, camera), int(self.rng.integers(0, 5000)))
+        frame += int(self.rng.integers(1, 150))
+        self.last_frame[(pid, camera)] = frame
+        box = int(self.rng.integers(1, 6)) if box is None else box
+        return m.format_market_name(pid, camera, int(self.rng.integers(1, 7)), frame, box)
+
+
+def _plan(spec: SyntheticSpec) -> tuple[list[Person], list[Camera], list[_Job]]:
+    """Identities, cameras and the full list of images, all drawn in the main process."""
+    rng = np.random.default_rng([spec.seed, 0])
+    num_ids = spec.num_train_ids + spec.num_test_ids
+    pids = rng.permutation(np.arange(1, num_ids + 1))  # train and test ids interleave, as in Market
+    train_pids = np.sort(pids[:spec.num_train_ids])
+    test_pids = np.sort(pids[spec.num_train_ids:])
+    people = [_random_person(np.random.default_rng([spec.seed, 1, i])) for i in range(num_ids + 1)]
+    for split_pids in (train_pids, test_pids):  # near-twins of someone in the same split
+        for k in range(1, len(split_pids)):
+            if rng.random() < spec.similar_fraction:
+                base = split_pids[rng.integers(k)]
+                people[split_pids[k]] = _near_twin(people[base], np.random.default_rng([spec.seed, 2, split_pids[k]]))
+    cameras = [_random_camera(np.random.default_rng([spec.seed, 3, c]), spec.camera_strength)
+               for c in range(spec.num_cams)]
+    name = _Namer(rng)
+    jobs: list[_Job] = []
+
+    def add(folder: str, pid: int, camera: int, framing: str = "normal", person: int | None = None,
+            box: int | None = None) -> None:
+        path = f"{folder}/{name(pid, camera + 1, box)}"
+        key = (spec.seed, 4, len(jobs))
+        jobs.append(_Job(path, pid if person is None else person, camera, framing, key))
+
+    def seen_by(count: int) -> np.ndarray:
+        """``count`` images spread over 2..num_cams cameras, each camera at least once."""
+        cams = rng.permutation(spec.num_cams)[:min(count, rng.integers(2, spec.num_cams + 1))]
+        return np.concatenate([cams, rng.choice(cams, count - len(cams))])
+
+    train_total = spec.train_images if spec.train_images is not None else round(spec.num_train_ids * spec.images_per_id)
+    for pid, count in zip(train_pids, _spread(train_total, np.full(len(train_pids), 2), np.inf, rng)):
+        for camera in seen_by(count):
+            add(m.TRAIN_FOLDER, pid, camera)
+
+    # Test identities: one query per camera they are seen by, a gallery image in each of those.
+    if spec.query_images is None:
+        query_cams = rng.integers(2, spec.num_cams + 1, size=len(test_pids))
+    else:
+        query_cams = _spread(spec.query_images, np.full(len(test_pids), 2), spec.num_cams, rng)
+    gallery_total = spec.gallery_images if spec.gallery_images is not None else round(spec.num_test_ids * spec.images_per_id)
+    gallery_counts = _spread(gallery_total, query_cams, np.inf, rng)
+    for pid, num_query_cams, count in zip(test_pids, query_cams, gallery_counts):
+        cams = rng.permutation(spec.num_cams)[:num_query_cams]
+        for camera in cams:
+            add(m.QUERY_FOLDER, pid, camera)
+        for camera in np.concatenate([cams, rng.choice(cams, count - len(cams))]):
+            add(m.TEST_FOLDER, pid, camera)
+        for camera in rng.choice(cams, spec.gt_bbox_per_id):
+            add(m.GT_BBOX_FOLDER, pid, camera, box=0)
+    num_distractors = spec.distractor_images if spec.distractor_images is not None else round(gallery_total * _DISTRACTOR_SHARE)
+    num_junk = spec.junk_images if spec.junk_images is not None else round(gallery_total * _JUNK_SHARE)
+    for _ in range(num_distractors):
+        add(m.TEST_FOLDER, m.DISTRACTOR_PID, int(rng.integers(spec.num_cams)), "distractor", person=-1)
+    for _ in range(num_junk):  # junk shows a test person in a bad box
+        add(m.TEST_FOLDER, m.JUNK_PID, int(rng.integers(spec.num_cams)), "junk", person=int(rng.choice(test_pids)))
+    return people, cameras, jobs
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing it out.
+
+_WORKER: dict = {}
+
+
+def _init_worker(people: list[Person], cameras: list[Camera], spec: SyntheticSpec, root: str) -> None:
+    _WORKER.update(people=people, cameras=cameras, spec=spec, root=root)
+
+
+def _write_job(job: _Job) -> None:
+    data = _render(job, _WORKER["people"], _WORKER["cameras"], _WORKER["spec"])
+    with open(os.path.join(_WORKER["root"], job.path), "wb") as f:
+        f.write(data)
+
+
+def _readme(spec: SyntheticSpec, counts: dict[str, int]) -> str:
+    lines = [
+        "Synthetic Market-1501-shaped data, drawn by datasets/synthetic.py of the CORE/SELF",
+        "reference implementation. Not Market-1501: procedurally drawn people, for testing only.",
+        "",
+        "File names follow Market-1501: PPPP_cCsS_FFFFFF_BB.jpg (person, camera, sequence, frame,",
+        "box); person 0000 = distractor, -1 = junk.",
+        "",
+        "Images per folder: " + ", ".join(f"{folder} {n}" for folder, n in counts.items()),
+        "Spec: " + ", ".join(f"{f.name}={getattr(spec, f.name)}" for f in dataclasses.fields(spec)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def generate(out_dir: str | Path, spec: SyntheticSpec, workers: int = 2, progress: bool = False) -> Path:
+    """Write the download for ``spec`` to ``out_dir/Market-1501-v15.09.15`` and return that path.
+
+    It is built under a temporary name and renamed when complete, so an interrupted run leaves
+    no half download behind (the next run starts over).
+    """
+    root = Path(out_dir) / m.DOWNLOAD_FOLDER
+    if root.exists():
+        raise UserError(f"{root} already exists; delete it or choose another output folder")
+    people, cameras, jobs = _plan(spec)
+    partial = root.with_name(f".{root.name}.partial")
+    try:
+        if partial.exists():
+            shutil.rmtree(partial)
+        for folder in (*_IMAGE_FOLDERS, m.GT_QUERY_FOLDER):
+            (partial / folder).mkdir(parents=True)
+    except OSError as err:
+        raise UserError(f"cannot write to {out_dir} ({err.strerror}); choose a writable folder") from None
+    for index, folder in enumerate(_IMAGE_FOLDERS):  # the real download carries one in every image folder
+        (partial / folder / "Thumbs.db").write_bytes(np.random.default_rng([spec.seed, 5, index]).bytes(1024))
+    counts = {folder: sum(job.path.startswith(folder + "/") for job in jobs) for folder in _IMAGE_FOLDERS}
+    (partial / "readme.txt").write_text(_readme(spec, counts))
+
+    args = (people, cameras, spec, str(partial))
+    started = time.time()
+    chunks = max(1, min(256, len(jobs) // (8 * max(workers, 1))))
+    if workers > 1:
+        with multiprocessing.Pool(workers, _init_worker, args) as pool:
+            for done, _ in enumerate(pool.imap_unordered(_write_job, jobs, chunksize=chunks), 1):
+                _report(progress, done, len(jobs), started)
+    else:
+        _init_worker(*args)
+        for done, job in enumerate(jobs, 1):
+            _write_job(job)
+            _report(progress, done, len(jobs), started)
+    partial.rename(root)
+    return root
+
+
+def _report(progress: bool, done: int, total: int, started: float) -> None:
+    if progress and (done % 2000 == 0 or done == total):
+        print(f"  {done}/{total} images, {time.time() - started:.0f}s", file=sys.stderr)
+
+
+def make_synthetic_market(out_dir: str | Path, num_train_ids: int, num_test_ids: int, images_per_id: float,
+                          num_cams: int = 6, seed: int = 0, workers: int = 2, **options) -> Path:
+    """Write a synthetic Market-1501-v15.09.15 download under ``out_dir``; returns its path.
+
+    ``options`` are the other ``SyntheticSpec`` fields (totals and difficulty knobs).
+    """
+    spec = SyntheticSpec(num_train_ids, num_test_ids, images_per_id, num_cams, seed, **options)
+    return generate(out_dir, spec, workers)
+
+
+def make_preset(out_dir: str | Path, preset: str = "demo", workers: int = 2, progress: bool = False,
+                **overrides) -> Path:
+    """Write one of ``PRESETS`` (tiny, demo, market), with any ``SyntheticSpec`` field overridden."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    return generate(out_dir, dataclasses.replace(PRESETS[preset], **overrides), workers, progress)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description="Write a synthetic Market-1501-shaped download (Market-1501-v15.09.15/ with "
+                    "bounding_box_train, bounding_box_test, query, gt_bbox, gt_query) for testing "
+                    "prepare_market.py and training without the real dataset.")
+    parser.add_argument("--out", type=Path, required=True, help="folder to write Market-1501-v15.09.15/ into")
+    parser.add_argument("--preset", choices=list(PRESETS), default="demo",
+                        help="size: tiny (tests), demo (default; training demo), market (Market-1501's counts)")
+    parser.add_argument("--ids", type=int, help="identities in train and in test (overrides the preset)")
+    parser.add_argument("--images-per-id", type=float, help="mean images per identity (overrides the preset)")
+    parser.add_argument("--cams", type=int, help="number of cameras (overrides the preset)")
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
+    parser.add_argument("--similar-fraction", type=float, help="share of identities drawn as near-twins")
+    parser.add_argument("--noise-std", type=float, help="sensor noise in grey levels")
+    parser.add_argument("--workers", type=int, default=2, help="processes drawing images (default 2)")
+    args = parser.parse_args()
+    overrides = {field: value for field, value in (
+        ("num_train_ids", args.ids), ("num_test_ids", args.ids), ("images_per_id", args.images_per_id),
+        ("num_cams", args.cams), ("similar_fraction", args.similar_fraction), ("noise_std", args.noise_std),
+    ) if value is not None}
+    if args.ids is not None and args.preset == "market":
+        # The market preset's fixed totals belong to 751/750 identities.
+        overrides.update(train_images=None, gallery_images=None, query_images=None,
+                         distractor_images=None, junk_images=None)
+    started = time.time()
+    root = make_preset(args.out, args.preset, workers=args.workers, progress=True, seed=args.seed, **overrides)
+    print(f"wrote {root} in {time.time() - started:.1f}s")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,129 @@
+"""The synthetic download: Market-1501's layout and names, determinism, and its options."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from conftest import file_digests
+from PIL import Image
+
+from datasets import market1501 as m
+from datasets.synthetic import PRESETS, make_preset, make_synthetic_market
+from utils import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE_FOLDERS = (m.TRAIN_FOLDER, m.TEST_FOLDER, m.QUERY_FOLDER, m.GT_BBOX_FOLDER)
+
+
+def names(download: Path, folder: str) -> list[m.MarketName]:
+    return [m.parse_market_name(p.name) for p in sorted((download / folder).glob("*.jpg"))]
+
+
+def test_same_seed_same_bytes_any_worker_count(synthetic_download, tmp_path):
+    again = make_preset(tmp_path / "again", "tiny", workers=2)
+    assert again.name == m.DOWNLOAD_FOLDER
+    assert file_digests(again) == file_digests(synthetic_download)
+    other = make_preset(tmp_path / "other", "tiny", workers=1, seed=1)
+    assert file_digests(other) != file_digests(synthetic_download)
+
+
+def test_layout_matches_the_download(synthetic_download):
+    assert (synthetic_download / "readme.txt").is_file()
+    assert (synthetic_download / m.GT_QUERY_FOLDER).is_dir()
+    for folder in IMAGE_FOLDERS:
+        assert (synthetic_download / folder / "Thumbs.db").is_file()
+        files = [p.name for p in (synthetic_download / folder).iterdir() if p.name != "Thumbs.db"]
+        assert files and all(m.format_market_name(*m.parse_market_name(f)) == f for f in files)
+
+
+def test_images_are_128_by_64_jpegs(synthetic_download):
+    for path in sorted(synthetic_download.rglob("*.jpg"))[::5]:
+        with Image.open(path) as image:
+            assert image.format == "JPEG" and image.mode == "RGB" and image.size == (64, 128)
+
+
+def test_identities_and_cameras_like_market(synthetic_download):
+    spec = PRESETS["tiny"]
+    train = names(synthetic_download, m.TRAIN_FOLDER)
+    gallery = names(synthetic_download, m.TEST_FOLDER)
+    query = names(synthetic_download, m.QUERY_FOLDER)
+    train_ids = {n.pid for n in train}
+    test_ids = {n.pid for n in gallery} - {m.JUNK_PID, m.DISTRACTOR_PID}
+    assert len(train_ids) == spec.num_train_ids and len(test_ids) == spec.num_test_ids
+    assert not train_ids & test_ids and m.DISTRACTOR_PID not in train_ids | test_ids
+    assert {n.pid for n in query} == test_ids
+    assert {n.pid for n in names(synthetic_download, m.GT_BBOX_FOLDER)} <= test_ids
+    # Distractors and junk only in the gallery.
+    assert sum(n.pid == m.DISTRACTOR_PID for n in gallery) > 0
+    assert sum(n.pid == m.JUNK_PID for n in gallery) > 0
+    assert m.JUNK_PID not in train_ids and m.JUNK_PID not in {n.pid for n in query}
+    # One query per (person, camera); each query has a gallery match seen by another camera.
+    query_cams = defaultdict(list)
+    for n in query:
+        query_cams[n.pid].append(n.camid)
+    gallery_cams = defaultdict(set)
+    for n in gallery:
+        gallery_cams[n.pid].add(n.camid)
+    for pid, cams in query_cams.items():
+        assert len(cams) == len(set(cams)) >= 2
+        assert all(gallery_cams[pid] - {cam} for cam in cams)
+    for n in train + gallery + query:
+        assert 1 <= n.camid <= spec.num_cams
+    # Every training identity is seen by at least two cameras.
+    train_cams = defaultdict(set)
+    for n in train:
+        train_cams[n.pid].add(n.camid)
+    assert all(len(cams) >= 2 for cams in train_cams.values())
+
+
+def test_exact_totals_are_honoured(tmp_path):
+    download = make_synthetic_market(
+        tmp_path, num_train_ids=7, num_test_ids=5, images_per_id=4, num_cams=4, seed=3,
+        workers=1, train_images=30, gallery_images=26, query_images=13, distractor_images=3,
+        junk_images=4, gt_bbox_per_id=1)
+    gallery = names(download, m.TEST_FOLDER)
+    assert len(names(download, m.TRAIN_FOLDER)) == 30
+    assert len(names(download, m.QUERY_FOLDER)) == 13
+    assert len(gallery) == 26 + 3 + 4
+    assert sum(n.pid == m.DISTRACTOR_PID for n in gallery) == 3
+    assert sum(n.pid == m.JUNK_PID for n in gallery) == 4
+    assert len(names(download, m.GT_BBOX_FOLDER)) == 5
+
+
+def test_market_preset_has_official_counts():
+    spec = PRESETS["market"]
+    counts = m.OFFICIAL_COUNTS
+    assert (spec.num_train_ids, spec.train_images) == (counts["train_ids"], counts["train_images"])
+    assert (spec.num_test_ids, spec.query_images) == (counts["query_ids"], counts["query_images"])
+    assert spec.gallery_images + spec.distractor_images + spec.junk_images == counts["gallery_images"]
+
+
+@pytest.mark.parametrize("bad", [dict(num_cams=1), dict(images_per_id=1), dict(similar_fraction=2),
+                                 dict(query_images=100)])
+def test_bad_options_are_user_errors(tmp_path, bad):
+    options = dict(num_train_ids=3, num_test_ids=3, images_per_id=3, num_cams=3, workers=1) | bad
+    with pytest.raises(UserError):
+        make_synthetic_market(tmp_path, **options)
+    assert not list(tmp_path.iterdir())
+
+
+def test_existing_output_is_refused(synthetic_download):
+    with pytest.raises(UserError, match="already exists"):
+        make_preset(synthetic_download.parent, "tiny")
+
+
+def test_cli(tmp_path):
+    run = [sys.executable, "-m", "datasets.synthetic"]
+    help_text = subprocess.run(run + ["--help"], cwd=REPO, capture_output=True, text=True)
+    assert help_text.returncode == 0 and "--preset" in help_text.stdout
+    made = subprocess.run(run + ["--out", str(tmp_path), "--preset", "tiny", "--ids", "3"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    assert len({n.pid for n in names(tmp_path / m.DOWNLOAD_FOLDER, m.TRAIN_FOLDER)}) == 3
+    again = subprocess.run(run + ["--out", str(tmp_path), "--preset", "tiny"], cwd=REPO,
+                           capture_output=True, text=True)
+    assert again.returncode != 0 and "Traceback" not in again.stderr
+    assert again.stderr.startswith("error:") and "already exists" in again.stderr
