@@ -1,0 +1,225 @@
+"""Re-ID evaluation (CMC and mAP) with a compiled kernel and a pure-numpy fallback.
+
+``evaluate`` implements the standard Market-1501 protocol (and single-shot CUHK03). The compiled
+extension ``eval_lib._eval_cy`` is built by ``pip install -e .`` from the repo root; without it
+the slow numpy reference in ``eval_lib._reference`` is used and one warning says so.
+``CYTHON_AVAILABLE`` tells which is in use. Threads of the compiled kernel: ``OMP_NUM_THREADS``.
+"""
+from __future__ import annotations
+
+import operator
+import warnings
+from typing import Any
+
+import numpy as np
+
+from . import _reference
+
+try:
+    from . import _eval_cy
+except ImportError:
+    _eval_cy = None
+    warnings.warn(
+        "eval_lib: compiled extension eval_lib._eval_cy is missing, using the slow numpy "
+        "fallback; build it with `pip install -e .` in the repo root",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+CYTHON_AVAILABLE: bool = _eval_cy is not None
+
+__all__ = ["CYTHON_AVAILABLE", "evaluate", "eval_market1501_wrap"]
+
+PROTOCOLS = ("market1501", "cuhk03")
+BACKENDS = ("auto", "compiled", "numpy")
+JUNK_PID = -1
+# Queries per block of CUHK03 random draws: a fixed size, so every backend consumes the random
+# stream identically and memory stays bounded (block x num_repeats x identities doubles).
+_CUHK03_BLOCK = 256
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+def evaluate(
+    distmat: Any,
+    q_pids: Any,
+    g_pids: Any,
+    q_camids: Any,
+    g_camids: Any,
+    max_rank: int = 50,
+    protocol: str = "market1501",
+    num_repeats: int = 10,
+    seed: int = 0,
+    backend: str = "auto",
+) -> tuple[np.ndarray, float]:
+    """Return ``(cmc, mAP)`` for a query x gallery distance matrix (smaller = more similar).
+
+    Per query, gallery items of the same identity seen by the same camera, and junk items
+    (pid -1), are dropped: they count neither as match nor as mismatch. The rest is ranked by
+    ascending distance; equal distances rank by lower gallery index (what a stable argsort
+    gives), so results are fully deterministic. Queries with no remaining match are skipped;
+    if no query has one, ValueError. Distractors (e.g. pid 0) are ordinary negatives.
+
+    protocol="market1501": ``cmc[k]`` = fraction of queries with a match in the top k+1;
+    AP = mean over the matches of (matches so far / position); mAP = mean AP.
+    protocol="cuhk03" (single-shot): for each query and each of ``num_repeats`` repeats, every
+    identity keeps one randomly chosen valid gallery image (the draws come from
+    ``numpy.random.default_rng(seed)``, so a seed gives the same result every time) and the
+    CMC is averaged over queries and repeats. AP is not sampled: it is computed on the full
+    filtered gallery, exactly as under market1501.
+
+    ``cmc`` is a float64 array of length ``max_rank``, clamped to the gallery size when the
+    gallery is smaller. ``distmat`` may be any real float or integer array or nested list;
+    floats wider than 64 bits are compared as float64. A NaN in the row of a query that has a
+    valid match raises ValueError (rows of skipped queries are not read). pids and camera ids
+    must be integers (integer-valued floats are accepted). ``backend``: "auto" (compiled if
+    built), "compiled" or "numpy" (the slow reference); all give identical results.
+    """
+    dist = _as_distmat(distmat)
+    nq, ng = dist.shape
+    q_pids_a = _as_ids(q_pids, "q_pids", nq, "rows (queries)")
+    g_pids_a = _as_ids(g_pids, "g_pids", ng, "columns (gallery items)")
+    q_cams_a = _as_ids(q_camids, "q_camids", nq, "rows (queries)")
+    g_cams_a = _as_ids(g_camids, "g_camids", ng, "columns (gallery items)")
+    max_rank = _positive_int(max_rank, "max_rank")
+    num_repeats = _positive_int(num_repeats, "num_repeats")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    kernel = _pick_backend(backend)
+    max_rank = min(max_rank, ng)
+
+    uids, group_order, group_start = _gallery_groups(g_pids_a)
+    q_group = np.searchsorted(uids, q_pids_a)
+    found = q_group < len(uids)
+    found[found] = uids[q_group[found]] == q_pids_a[found]
+    q_group = np.where(found, q_group, -1)
+
+    if kernel is _eval_cy:
+        first_rank = np.empty(nq, dtype=np.int64)
+        ap = np.zeros(nq, dtype=np.float64)
+        q_start, q_end = np.zeros(nq, dtype=np.int64), np.zeros(nq, dtype=np.int64)
+        q_start[found] = group_start[q_group[found]]
+        q_end[found] = group_start[q_group[found] + 1]
+        max_group = int(np.diff(group_start).max(initial=0))
+        _eval_cy.market_stats(
+            dist, q_pids_a, q_cams_a, g_pids_a, g_cams_a, group_order, q_start, q_end,
+            max_group, first_rank, ap,
+        )
+    else:
+        first_rank, ap = _reference.market_stats(dist, q_pids_a, q_cams_a, g_pids_a, g_cams_a)
+
+    nan_rows = np.flatnonzero(first_rank == -2)
+    if len(nan_rows):
+        raise ValueError(f"distmat contains NaN (row {nan_rows[0]}); distances must be numbers")
+    valid = first_rank >= 0
+    if not valid.any():
+        raise ValueError(
+            "no query has a valid match in the gallery (each query's identity is absent from "
+            "the gallery, junk, or only seen by the query's own camera)"
+        )
+
+    if protocol == "market1501":
+        ranks = first_rank[valid]
+    else:
+        rng = np.random.default_rng(seed)
+        all_ranks = np.empty((nq, num_repeats), dtype=np.int64)
+        for start in range(0, nq, _CUHK03_BLOCK):
+            stop = min(start + _CUHK03_BLOCK, nq)
+            draws = rng.random((stop - start, num_repeats, len(uids)))
+            if kernel is _eval_cy:
+                _eval_cy.cuhk03_ranks(
+                    dist, start, q_cams_a, q_group, g_cams_a, group_order, group_start, draws,
+                    all_ranks[start:stop],
+                )
+            else:
+                all_ranks[start:stop] = _reference.cuhk03_ranks(
+                    dist, start, q_pids_a, q_cams_a, g_pids_a, g_cams_a, group_order,
+                    group_start, q_group, draws,
+                )
+        ranks = all_ranks[valid].ravel()
+    hits_at = np.bincount(np.minimum(ranks, max_rank), minlength=max_rank + 1)[:max_rank]
+    cmc = np.cumsum(hits_at) / len(ranks)
+    return cmc, float(ap[valid].mean())
+
+
+def eval_market1501_wrap(
+    distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any, max_rank: int = 50
+) -> tuple[np.ndarray, float]:
+    """Name used by the released code; ``evaluate`` with the standard Market-1501 protocol."""
+    return evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, protocol="market1501")
+
+
+def _pick_backend(backend: str):
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "numpy" or (backend == "auto" and _eval_cy is None):
+        return _reference
+    if _eval_cy is None:
+        raise RuntimeError(
+            "backend='compiled' but eval_lib._eval_cy is not built; run `pip install -e .` "
+            "in the repo root"
+        )
+    return _eval_cy
+
+
+def _gallery_groups(g_pids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group non-junk gallery items by identity: (sorted pids, indices, group boundaries).
+
+    Group u is ``indices[bounds[u]:bounds[u + 1]]``, in ascending gallery index.
+    """
+    order = np.argsort(g_pids, kind="stable")
+    order = order[g_pids[order] != JUNK_PID]
+    uids, starts = np.unique(g_pids[order], return_index=True)
+    return uids, order.astype(np.int64), np.append(starts, len(order)).astype(np.int64)
+
+
+def _as_distmat(distmat: Any) -> np.ndarray:
+    """C-contiguous float32, float64 or int64 copy-free where possible (the kernel's types)."""
+    try:
+        arr = np.asarray(distmat)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"distmat must be a 2-D array of numbers: {err}") from None
+    if arr.ndim != 2:
+        raise ValueError(f"distmat must be 2-D (queries x gallery), got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"distmat needs at least one query and one gallery item, got {arr.shape}")
+    if arr.dtype.kind == "f":
+        target = np.float32 if arr.dtype.itemsize <= 4 else np.float64
+    elif arr.dtype.kind in "iub":
+        if arr.dtype == np.uint64 and arr.max() > _INT64_MAX:
+            raise ValueError("distmat has uint64 values too large for int64")
+        target = np.int64
+    else:
+        raise ValueError(f"distmat must hold real numbers, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=target)
+
+
+def _as_ids(values: Any, name: str, length: int, what: str) -> np.ndarray:
+    """A 1-D int64 id vector of the given length; integer-valued floats are accepted."""
+    try:
+        arr = np.asarray(values)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{name} must be a 1-D sequence of integers: {err}") from None
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if len(arr) != length:
+        raise ValueError(f"{name} has {len(arr)} entries but distmat has {length} {what}")
+    if arr.dtype.kind == "u" and arr.dtype.itemsize == 8 and len(arr) and arr.max() > _INT64_MAX:
+        raise ValueError(f"{name} has values too large for int64")
+    if arr.dtype.kind == "f":
+        if not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+            raise ValueError(f"{name} must hold integers, got non-integer values")
+    elif arr.dtype.kind not in "iu":
+        raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
+    if number < 1:
+        raise ValueError(f"{name} must be a positive integer, got {number}")
+    return number

@@ -1,0 +1,267 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Compiled per-query kernels behind ``eval_lib.evaluate`` (the protocol is documented there).
+
+No gallery row is ever sorted. Only the ranks of a query's true matches matter, and the rank of
+a match is the number of valid gallery items ahead of it in (distance, gallery index) order. So
+per query: sort the few match distances, then make one pass over the row, placing every valid
+non-match among the sorted matches by binary search and histogramming the positions. Items
+behind the last match cannot change any rank and are dropped by a single comparison, which is
+what most of a row is. Queries run in parallel (OpenMP, GIL released) when the build had it.
+"""
+import numpy as np
+
+from cython.parallel cimport parallel, prange, threadid
+from libc.stdint cimport int64_t
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define EVAL_LIB_OPENMP 1
+    #define eval_lib_max_threads() omp_get_max_threads()
+    #else
+    #define EVAL_LIB_OPENMP 0
+    #define eval_lib_max_threads() 1
+    #endif
+    """
+    int EVAL_LIB_OPENMP
+    int eval_lib_max_threads() nogil
+
+# Whether this build runs queries on several threads.
+OPENMP = bool(EVAL_LIB_OPENMP)
+
+# Up to this many matches, counting passes over the candidates beat a binary search each.
+DEF _PASSES_MAX_MATCHES = 64
+
+# Gallery items per block of the scan; a block with no item ahead of the last match is skipped.
+DEF _BLOCK = 8
+
+ctypedef fused dist_t:
+    float
+    double
+    int64_t
+
+
+cdef inline bint _ahead(dist_t da, int64_t ia, dist_t db, int64_t ib) noexcept nogil:
+    """True if item a ranks before item b: smaller distance, ties broken by lower index."""
+    return (da < db) | ((da == db) & (ia < ib))
+
+
+cdef inline void _sift_down(dist_t* d, int64_t* idx, int64_t root, int64_t end) noexcept nogil:
+    cdef int64_t child
+    cdef dist_t td
+    cdef int64_t ti
+    while True:
+        child = 2 * root + 1
+        if child >= end:
+            return
+        if child + 1 < end and _ahead(d[child], idx[child], d[child + 1], idx[child + 1]):
+            child += 1
+        if not _ahead(d[root], idx[root], d[child], idx[child]):
+            return
+        td = d[root]; d[root] = d[child]; d[child] = td
+        ti = idx[root]; idx[root] = idx[child]; idx[child] = ti
+        root = child
+
+
+cdef void _sort_pairs(dist_t* d, int64_t* idx, int64_t n) noexcept nogil:
+    """Heapsort (distance, index) pairs into rank order; O(n log n) even for huge identities."""
+    cdef int64_t start, end
+    cdef dist_t td
+    cdef int64_t ti
+    for start in range(n // 2 - 1, -1, -1):
+        _sift_down(d, idx, start, n)
+    for end in range(n - 1, 0, -1):
+        td = d[0]; d[0] = d[end]; d[end] = td
+        ti = idx[0]; idx[0] = idx[end]; idx[end] = ti
+        _sift_down(d, idx, 0, end)
+
+
+cdef void _count_by_passes(const dist_t* cd, const int64_t* ci, int64_t nc, const dist_t* md,
+                           const int64_t* mi, int64_t m, int64_t* ahead) noexcept nogil:
+    """ahead[k] = candidates ahead of match k, one vectorisable counting pass per match.
+
+    Candidates are in index order, so a tie with match k is ahead exactly in the prefix of
+    candidates with a lower index: count <= there and < after it.
+    """
+    cdef int64_t k, j, lo, hi, mid
+    cdef unsigned int c
+    cdef dist_t t
+    for k in range(m):
+        t = md[k]
+        lo = 0
+        hi = nc
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if ci[mid] < mi[k]:
+                lo = mid + 1
+            else:
+                hi = mid
+        c = 0
+        for j in range(lo):
+            c += cd[j] <= t
+        for j in range(lo, nc):
+            c += cd[j] < t
+        ahead[k] = c
+
+
+cdef void _count_by_search(const dist_t* cd, const int64_t* ci, int64_t nc, const dist_t* md,
+                           const int64_t* mi, int64_t m, int64_t* ahead) noexcept nogil:
+    """ahead[k] as above via a branch-free binary search per candidate: O(nc log m), for large m.
+
+    Needs m + 1 slots in ahead: a histogram of how many matches each candidate is behind.
+    """
+    cdef int64_t k, j, lo, n, half
+    for k in range(m + 1):
+        ahead[k] = 0
+    for j in range(nc):
+        lo = 0
+        n = m
+        while n > 1:
+            half = n >> 1
+            lo += half * _ahead(md[lo + half], mi[lo + half], cd[j], ci[j])
+            n -= half
+        lo += _ahead(md[lo], mi[lo], cd[j], ci[j])
+        ahead[lo] += 1
+    for k in range(1, m):
+        ahead[k] += ahead[k - 1]
+
+
+cdef int64_t _market_query(const dist_t* row, int64_t ng, int64_t qpid, int64_t qcam,
+                           const int64_t* g_pids, const int64_t* g_cams,
+                           const int64_t* group_order, int64_t gs, int64_t ge,
+                           dist_t* md, int64_t* mi, dist_t* cd, int64_t* ci, int64_t* ahead,
+                           double* ap) noexcept nogil:
+    """Rank of the query's first match (-1: no valid match, -2: NaN in the row); sets *ap.
+
+    md/mi hold the matches, cd/ci the candidates: valid non-matches not behind the last match.
+    """
+    cdef int64_t m = 0, nc = 0, k, j, i, start, stop
+    cdef bint near
+    cdef dist_t d, dlast
+    cdef double s = 0.0
+    for k in range(gs, ge):
+        j = group_order[k]
+        if g_cams[j] != qcam:
+            md[m] = row[j]
+            mi[m] = j
+            m += 1
+    if m == 0:
+        return -1
+    for k in range(m):
+        if md[k] != md[k]:
+            return -2
+    _sort_pairs(md, mi, m)
+    dlast = md[m - 1]
+    for start in range(0, ng, _BLOCK):
+        stop = min(start + _BLOCK, ng)
+        # A vectorisable test first: most blocks lie wholly behind the last match.
+        near = 0
+        for i in range(start, stop):
+            near |= not (row[i] > dlast)
+        if not near:
+            continue
+        for i in range(start, stop):
+            d = row[i]
+            if d > dlast:
+                continue
+            if d != d:
+                return -2
+            cd[nc] = d
+            ci[nc] = i
+            nc += (g_pids[i] != qpid) & (g_pids[i] != -1)
+    if m <= _PASSES_MAX_MATCHES:
+        _count_by_passes(cd, ci, nc, md, mi, m, ahead)
+    else:
+        _count_by_search(cd, ci, nc, md, mi, m, ahead)
+    for k in range(m):
+        s += (k + 1.0) / (k + ahead[k] + 1.0)
+    ap[0] = s / m
+    return ahead[0]
+
+
+def market_stats(const dist_t[:, ::1] distmat, const int64_t[::1] q_pids,
+                 const int64_t[::1] q_cams, const int64_t[::1] g_pids,
+                 const int64_t[::1] g_cams, const int64_t[::1] group_order,
+                 const int64_t[::1] q_start, const int64_t[::1] q_end, int64_t max_group,
+                 int64_t[::1] first_rank, double[::1] ap):
+    """Fill first_rank (-1 no valid match, -2 NaN in row) and ap for every query.
+
+    Matches of query q are the gallery items group_order[q_start[q]:q_end[q]] (ascending index,
+    all with q's pid) seen by another camera; max_group bounds any group's size.
+    """
+    cdef int64_t nq = distmat.shape[0], ng = distmat.shape[1], q
+    cdef int nthreads = eval_lib_max_threads(), tid
+    cdef int64_t width = max(max_group, 1)
+    if dist_t is float:
+        buf_dtype = np.float32
+    elif dist_t is double:
+        buf_dtype = np.float64
+    else:
+        buf_dtype = np.int64
+    cdef dist_t[:, ::1] md = np.empty((nthreads, width), dtype=buf_dtype)
+    cdef int64_t[:, ::1] mi = np.empty((nthreads, width), dtype=np.int64)
+    cdef dist_t[:, ::1] cd = np.empty((nthreads, max(ng, 1)), dtype=buf_dtype)
+    cdef int64_t[:, ::1] ci = np.empty((nthreads, max(ng, 1)), dtype=np.int64)
+    cdef int64_t[:, ::1] ahead = np.empty((nthreads, width + 1), dtype=np.int64)
+    if nq == 0 or ng == 0:
+        return
+    with nogil, parallel(num_threads=nthreads):
+        tid = threadid()
+        for q in prange(nq, schedule="dynamic", chunksize=16):
+            first_rank[q] = _market_query(
+                &distmat[q, 0], ng, q_pids[q], q_cams[q], &g_pids[0], &g_cams[0],
+                &group_order[0], q_start[q], q_end[q], &md[tid, 0], &mi[tid, 0],
+                &cd[tid, 0], &ci[tid, 0], &ahead[tid, 0], &ap[q])
+
+
+def cuhk03_ranks(const dist_t[:, ::1] distmat, int64_t q_offset, const int64_t[::1] q_cams,
+                 const int64_t[::1] q_group, const int64_t[::1] g_cams,
+                 const int64_t[::1] group_order, const int64_t[::1] group_start,
+                 const double[:, :, ::1] draws, int64_t[:, ::1] ranks):
+    """Rank of the sampled match in each sampled single-shot gallery, for a block of queries.
+
+    Query q_offset + b, repeat r keeps, from every gallery identity u, member
+    floor(draws[b, r, u] * size) of its valid images in index order (for the query's own
+    identity q_group only the images from other cameras). ranks[b, r] = -1 without a match.
+    """
+    cdef int64_t nb = draws.shape[0], nr = draws.shape[1], ngroups = draws.shape[2]
+    cdef int64_t b, r, u, k, j, m, size, gm, idx, count, g, qcam, nmax = 0
+    cdef const dist_t* row
+    cdef dist_t dm
+    cdef int nthreads = eval_lib_max_threads(), tid
+    for u in range(ngroups):
+        nmax = max(nmax, group_start[u + 1] - group_start[u])
+    cdef int64_t[:, ::1] mi = np.empty((nthreads, max(nmax, 1)), dtype=np.int64)
+    if nb == 0:
+        return
+    with nogil, parallel(num_threads=nthreads):
+        tid = threadid()
+        for b in prange(nb, schedule="dynamic", chunksize=4):
+            row = &distmat[q_offset + b, 0]
+            g = q_group[q_offset + b]
+            qcam = q_cams[q_offset + b]
+            m = 0
+            if g >= 0:
+                for k in range(group_start[g], group_start[g + 1]):
+                    j = group_order[k]
+                    if g_cams[j] != qcam:
+                        mi[tid, m] = j
+                        m = m + 1
+            for r in range(nr):
+                if m == 0:
+                    ranks[b, r] = -1
+                    continue
+                j = <int64_t>(draws[b, r, g] * m)
+                gm = mi[tid, min(j, m - 1)]
+                dm = row[gm]
+                count = 0
+                for u in range(ngroups):
+                    if u == g:
+                        continue
+                    size = group_start[u + 1] - group_start[u]
+                    j = min(<int64_t>(draws[b, r, u] * size), size - 1)
+                    idx = group_order[group_start[u] + j]
+                    if _ahead(row[idx], idx, dm, gm):
+                        count = count + 1
+                ranks[b, r] = count
