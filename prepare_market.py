@@ -21,7 +21,7 @@ import sys
 import zipfile
 import zlib
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Union
 
@@ -33,7 +33,8 @@ from utils import UserError, run_cli
 
 IMAGE_SUFFIX = ".jpg"  # the download's folders also carry a Thumbs.db, which is left out
 PARTIAL_SUFFIX = ".part"  # a file being written is ".<name>.part" until it is complete
-SPLIT_OF_FOLDER = {m.QUERY_FOLDER: "query", m.TEST_FOLDER: "gallery", m.GT_BBOX_FOLDER: "multi-query"}
+SPLIT_OF_FOLDER = {m.QUERY_FOLDER: "query", m.TEST_FOLDER: "gallery",
+                   m.GT_BBOX_FOLDER: "multi-query"}  # bounding_box_train makes three splits
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,8 +107,9 @@ def open_source(src: Path) -> Source:
         where = f"{src}:{source.prefix or '/'}"
     missing = [folder for folder in m.REQUIRED_FOLDERS if folder not in source.folders]
     if missing:
-        raise UserError(f"{src} is not a Market-1501 download: no {', '.join(f + '/' for f in missing)} "
-                        f"in {where}; point --src at Market-1501-v15.09.15.zip or the folder extracted from it")
+        folders = ", ".join(f + "/" for f in missing)
+        raise UserError(f"{src} is not a Market-1501 download: no {folders} in {where}; point "
+                        "--src at Market-1501-v15.09.15.zip or the folder extracted from it")
     return source
 
 
@@ -141,8 +143,9 @@ def plan(source: Source) -> list[PlannedFile]:
     planned: list[PlannedFile] = []
 
     def add(folder: str, split: str, names: list[str], sizes: dict[str, int]) -> None:
-        planned.extend(PlannedFile(f"{folder}/{name}", f"{split}/{_pid_folder(folder, name)}/{name}",
-                                   sizes[name]) for name in names)
+        planned.extend(PlannedFile(f"{folder}/{name}",
+                                   f"{split}/{_pid_folder(folder, name)}/{name}", sizes[name])
+                       for name in names)
 
     train = source.images(m.TRAIN_FOLDER)
     first_of_pid: dict[str, str] = {}
@@ -234,8 +237,8 @@ class PrepareSummary:
     written: int                           # files copied or linked by this run
     already_present: int                   # planned files DST already held (names and sizes match)
     link: bool
-    removed_partials: list[str] = field(default_factory=list)  # leftovers of an interrupted run
-    extra_files: list[str] = field(default_factory=list)       # in DST but not planned: left alone
+    removed_partials: list[str]            # leftovers of an interrupted run, deleted
+    extra_files: list[str]                 # in DST but not in the plan: warned about, left alone
 
     @property
     def count_differences(self) -> list[str]:
@@ -311,11 +314,12 @@ def format_summary(summary: PrepareSummary) -> str:
     def cell(value: int, official: int | None) -> str:
         return f"{value}{'*' if official is not None and value != official else ' '}"
 
-    lines = [f"{'split':<12} {'ids':>6} {'images':>8}   {'official ids':>12}  {'official images':>15}"]
+    row = "{:<12} {:>6} {:>8}   {:>12}  {:>15}"
+    lines = [row.format("split", "ids", "images", "official ids", "official images")]
     for split, (ids, images) in summary.counts.items():
         official_ids, official_images = m.PREPARED_COUNTS[split]
-        lines.append(f"{split:<12} {cell(ids, official_ids):>6} {cell(images, official_images):>8}   "
-                     f"{'-' if official_ids is None else official_ids:>12}  {official_images:>15}")
+        lines.append(row.format(split, cell(ids, official_ids), cell(images, official_images),
+                                "-" if official_ids is None else official_ids, official_images))
     lines.append("(gallery identities include 0000 = distractors and -1 = junk)")
     total = summary.written + summary.already_present
     if summary.written == 0:
@@ -323,8 +327,8 @@ def format_summary(summary: PrepareSummary) -> str:
                      "sizes); nothing changed")
     else:
         verb = "linked" if summary.link else "copied"
-        lines.append(f"{verb} {summary.written} files into {summary.dst} ({summary.already_present} "
-                     f"were already there); verified all {total}")
+        lines.append(f"{verb} {summary.written} files into {summary.dst} "
+                     f"({summary.already_present} were already there); verified all {total}")
     if summary.removed_partials:
         lines.append(f"removed {len(summary.removed_partials)} partial files left by an "
                      "interrupted run")
@@ -344,11 +348,13 @@ def main() -> None:
                     "multi-query}/<pid>/<file>.jpg. Safe to rerun: it completes an interrupted "
                     "run and only verifies a complete one.")
     parser.add_argument("--src", type=Path, required=True,
-                        help="Market-1501-v15.09.15.zip, the folder extracted from it, or its parent")
+                        help="Market-1501-v15.09.15.zip, the folder extracted from it, or the "
+                             "folder holding that")
     parser.add_argument("--dst", type=Path, required=True,
                         help="output folder, e.g. ../market (then train with --data_dir ..)")
     parser.add_argument("--link", action="store_true",
-                        help="hard-link instead of copying (extracted folder on the same filesystem)")
+                        help="hard-link instead of copying (needs the extracted folder, on the "
+                             "same filesystem as DST)")
     args = parser.parse_args()
     print(format_summary(prepare(args.src, args.dst, link=args.link)))
 

@@ -1,9 +1,10 @@
 """One split of the prepared layout (``<split>/<pid>/<file>.jpg``) as a PyTorch dataset."""
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -20,7 +21,7 @@ def load_image(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as err:  # PIL reports some broken headers as SyntaxError
+    except (OSError, SyntaxError, ValueError) as err:  # PIL raises SyntaxError for some headers
         raise UserError(f"cannot read image {path} ({err}); re-run prepare_market.py or "
                         "re-download the dataset") from None
 
@@ -35,7 +36,7 @@ def _is_image(entry: os.DirEntry) -> bool:
 
 
 class ReIDFolder(Dataset):
-    """Images of one split, ordered as torchvision's ImageFolder (and so the released code) orders them.
+    """Images of one split, in torchvision ImageFolder's order (and so the released code's).
 
     Classes are the identity folder names sorted as strings ("-1" < "0000" < "0002"), the class
     index is the position in that list, and samples go class by class with file names sorted.
@@ -72,6 +73,15 @@ class ReIDFolder(Dataset):
         self.split_dir = split_dir
         self.transform = transform
 
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ReIDFolder:
+        """The samples at ``indices`` (e.g. the gallery without junk); class indices unchanged."""
+        indices = np.asarray(indices, dtype=np.int64)
+        part = copy.copy(self)
+        part.paths = [self.paths[i] for i in indices]
+        part.targets, part.pids, part.camids = (self.targets[indices], self.pids[indices],
+                                                self.camids[indices])
+        return part
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)
@@ -80,7 +90,7 @@ class ReIDFolder(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[Any, int, int]:
-        """``(image, class index, sample index)``; the index lets a loss look up per-sample state."""
+        """``(image, class index, sample index)``: the index finds per-sample state (labels)."""
         image = load_image(self.paths[index])
         if self.transform is not None:
             image = self.transform(image)

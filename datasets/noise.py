@@ -125,7 +125,7 @@ class NoisyLabels:
 
 def save_noise(path: str | Path, clean_labels: Any, noisy: Any, is_clean: Any,
                meta: dict | None = None) -> None:
-    """Write the labels, the clean mask, the realised rate and JSON ``meta`` to an npz, atomically."""
+    """Atomically write labels, clean mask, realised rate and JSON ``meta`` to an npz."""
     arrays = {
         "clean_labels": np.asarray(clean_labels, dtype=np.int64),
         "noisy_labels": np.asarray(noisy, dtype=np.int64),

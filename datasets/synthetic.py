@@ -74,17 +74,20 @@ class SyntheticSpec:
             if not ok:
                 raise UserError(f"synthetic dataset: {what}")
 
-        need(self.num_train_ids >= 1 and self.num_test_ids >= 1, "need at least 1 train and 1 test identity")
-        need(self.num_train_ids + self.num_test_ids <= 9998, "at most 9998 identities (4-digit ids, 0000 is reserved)")
+        need(self.num_train_ids >= 1 and self.num_test_ids >= 1,
+             "need at least 1 train and 1 test identity")
+        need(self.num_train_ids + self.num_test_ids <= 9998,
+             "at most 9998 identities (4-digit ids, 0000 is reserved)")
         need(2 <= self.num_cams <= 9, f"num_cams must be 2..9, got {self.num_cams}")
         need(self.images_per_id >= 2, f"images_per_id must be >= 2, got {self.images_per_id}")
-        need(0 <= self.similar_fraction <= 1, f"similar_fraction must be in [0, 1], got {self.similar_fraction}")
+        for name in ("similar_fraction", "occlusion_prob"):
+            value = getattr(self, name)
+            need(0 <= value <= 1, f"{name} must be in [0, 1], got {value}")
         need(self.camera_strength >= 0 and self.pose_jitter >= 0 and self.noise_std >= 0,
              "camera_strength, pose_jitter and noise_std must be >= 0")
-        need(0 <= self.occlusion_prob <= 1, f"occlusion_prob must be in [0, 1], got {self.occlusion_prob}")
         need(1 <= self.jpeg_quality <= 100, f"jpeg_quality must be 1..100, got {self.jpeg_quality}")
-        need(self.gt_bbox_per_id >= 0, "gt_bbox_per_id must be >= 0")
-        for name in ("train_images", "gallery_images", "query_images", "distractor_images", "junk_images"):
+        for name in ("gt_bbox_per_id", "train_images", "gallery_images", "query_images",
+                     "distractor_images", "junk_images"):
             value = getattr(self, name)
             need(value is None or value >= 0, f"{name} must be >= 0, got {value}")
 
@@ -104,8 +107,8 @@ PRESETS: dict[str, SyntheticSpec] = {
         query_images=m.OFFICIAL_COUNTS["query_images"],
         distractor_images=m.OFFICIAL_COUNTS["gallery_distractor_images"],
         junk_images=m.OFFICIAL_COUNTS["gallery_junk_images"],
-        gallery_images=(m.OFFICIAL_COUNTS["gallery_images"] - m.OFFICIAL_COUNTS["gallery_distractor_images"]
-                        - m.OFFICIAL_COUNTS["gallery_junk_images"]),
+        gallery_images=m.OFFICIAL_COUNTS["gallery_images"]
+        - m.OFFICIAL_COUNTS["gallery_distractor_images"] - m.OFFICIAL_COUNTS["gallery_junk_images"],
     ),
 }
 
@@ -192,16 +195,20 @@ def _random_person(rng: np.random.Generator) -> Person:
 def _near_twin(base: Person, rng: np.random.Generator) -> Person:
     """``base`` with one attribute changed: the identities annotators (and networks) confuse."""
     fresh = _random_person(rng)
-    change = ("top", "bottom", "top_pattern", "bag", "hat", "hair", "shoes", "long_sleeves")[rng.integers(8)]
-    if change == "top":
+    changes = ("top", "bottom", "top_pattern", "bag", "hat", "hair", "shoes", "long_sleeves")
+    change = changes[rng.integers(len(changes))]
+    if change == "top":  # the same garment in a neighbouring hue
         h, s, v = colorsys.rgb_to_hsv(*(c / 255 for c in base.top))
         hue = (h + rng.choice((-1, 1)) * rng.uniform(0.08, 0.2)) % 1.0
-        return dataclasses.replace(base, top=tuple(255 * c for c in colorsys.hsv_to_rgb(hue, max(s, 0.4), v)))
+        top = tuple(255 * c for c in colorsys.hsv_to_rgb(hue, max(s, 0.4), v))
+        return dataclasses.replace(base, top=top)
     if change == "top_pattern":
         other = [p for p in _PATTERNS if p != base.top_pattern]
-        return dataclasses.replace(base, top_pattern=other[rng.integers(2)], top_second=fresh.top_second)
+        return dataclasses.replace(base, top_pattern=other[rng.integers(2)],
+                                   top_second=fresh.top_second)
     if change == "bag":
-        return dataclasses.replace(base, bag=None if base.bag is not None else fresh.top, bag_kind=fresh.bag_kind)
+        return dataclasses.replace(base, bag=None if base.bag is not None else fresh.top,
+                                   bag_kind=fresh.bag_kind)
     if change == "hat":
         return dataclasses.replace(base, hat=None if base.hat is not None else fresh.top)
     if change == "long_sleeves":
@@ -210,8 +217,8 @@ def _near_twin(base: Person, rng: np.random.Generator) -> Person:
 
 
 def _random_camera(rng: np.random.Generator, strength: float) -> Camera:
-    pillars = tuple((float(rng.uniform(0, 3 * WIDTH)), float(rng.uniform(4, 20)), _clothing_colour(rng))
-                    for _ in range(rng.integers(1, 5)))
+    pillars = tuple((float(rng.uniform(0, 3 * WIDTH)), float(rng.uniform(4, 20)),
+                     _clothing_colour(rng)) for _ in range(rng.integers(1, 5)))
     return Camera(
         wall=_clothing_colour(rng), floor=_clothing_colour(rng),
         horizon=float(rng.uniform(0.55, 0.85)), pillars=pillars,
@@ -232,7 +239,8 @@ def _ellipse(cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
     return ((_YY - cy) / ry) ** 2 + ((_XX - cx) / rx) ** 2 <= 1
 
 
-def _quad(y0: float, y1: float, top: tuple[float, float], bottom: tuple[float, float]) -> np.ndarray:
+def _quad(y0: float, y1: float, top: tuple[float, float],
+          bottom: tuple[float, float]) -> np.ndarray:
     """Rows y0..y1 between a left and a right edge that move linearly from ``top`` to ``bottom``."""
     t = np.clip((_YY - y0) / max(y1 - y0, 1e-3), 0, 1)
     left = top[0] + (bottom[0] - top[0]) * t
@@ -257,8 +265,9 @@ def _background_strip(camera: Camera) -> np.ndarray:
         for x, width, colour in camera.pillars:
             strip[(np.abs(xx - x) < width / 2) & (yy < camera.horizon * HEIGHT)] = colour
         # Low-frequency blotches: a coarse random grid, smoothly upsampled.
-        coarse = np.clip(rng.normal(128, 18, size=(HEIGHT // 16, 3 * WIDTH // 16)), 0, 255).astype(np.uint8)
-        blotches = Image.fromarray(coarse).resize((3 * WIDTH, HEIGHT), Image.BILINEAR)
+        coarse = rng.normal(128, 18, size=(HEIGHT // 16, 3 * WIDTH // 16))
+        blotches = Image.fromarray(np.clip(coarse, 0, 255).astype(np.uint8))
+        blotches = blotches.resize((3 * WIDTH, HEIGHT), Image.BILINEAR)
         strip += np.asarray(blotches, np.float32)[..., None] - 128
         _BACKGROUNDS[camera] = strip
     return _BACKGROUNDS[camera]
@@ -266,87 +275,84 @@ def _background_strip(camera: Camera) -> np.ndarray:
 
 def _draw_person(canvas: np.ndarray, person: Person, rng: np.random.Generator, jitter: float,
                  cx: float, top: float, height: float) -> None:
-    """Paint ``person`` onto ``canvas`` (H, W, 3 float), back to front, in a random pose and view."""
-    h = height
-    w = person.build
+    """Paint ``person`` onto ``canvas`` (H, W, 3 float), back to front, in a random pose and view.
+
+    Rows and widths below are fractions of the body height, measured from the top of the head
+    and from the body's centre line ``cx``.
+    """
+    h, w = height, person.build
     facing_back = rng.random() < 0.5
     stride = jitter * rng.uniform(-1, 1)  # walking phase: legs and arms swing opposite ways
-
-    def y(fraction: float) -> float:
-        return top + fraction * h
-
     colour_of = np.zeros(canvas.shape, np.float32)
     body = np.zeros(canvas.shape[:2], bool)
+
+    def row(fraction: float) -> float:
+        return top + fraction * h
+
+    def band(y0: float, y1: float, x0: float, x1: float, half0: float, half1: float) -> np.ndarray:
+        """Rows y0..y1; the centre moves from x0 to x1, the half-width from half0 to half1."""
+        return _quad(row(y0), row(y1), (cx + (x0 - half0) * h, cx + (x0 + half0) * h),
+                     (cx + (x1 - half1) * h, cx + (x1 + half1) * h))
+
+    def blob(y: float, x: float, ry: float, rx: float) -> np.ndarray:
+        return _ellipse(row(y), cx + x * h, ry * h, rx * h)
 
     def paint(mask: np.ndarray, colour: Colour) -> None:
         colour_of[mask] = colour
         body[mask] = True
 
     if person.long_hair and not facing_back:
-        paint(_quad(y(0.06), y(0.24), (cx - 0.07 * h, cx + 0.07 * h), (cx - 0.08 * h, cx + 0.08 * h)), person.hair)
-    # Legs, then what covers them.
-    hip, ankle = y(0.5), y(0.95)
+        paint(band(0.06, 0.24, 0, 0, 0.07, 0.08), person.hair)
+    # Legs and shoes, then what covers the legs.
     for side in (-1, 1):
-        x_top = cx + side * 0.05 * h * w
-        x_bottom = x_top + side * 0.02 * h + stride * side * 0.06 * h
-        leg = _limb(hip, ankle, x_top, x_bottom, 0.05 * h * w)
-        paint(leg, person.skin if person.bottom_kind != "trousers" else person.bottom)
-        paint(_ellipse(ankle, x_bottom, 0.025 * h, 0.04 * h), person.shoes)
-    if person.bottom_kind == "shorts":
-        for side in (-1, 1):
-            x_top = cx + side * 0.05 * h * w
-            paint(_limb(hip - 1, y(0.68), x_top, x_top + side * 0.01 * h + stride * side * 0.02 * h, 0.06 * h * w),
-                  person.bottom)
-    elif person.bottom_kind == "skirt":
-        paint(_quad(hip - 1, y(0.7), (cx - 0.1 * h * w, cx + 0.1 * h * w), (cx - 0.15 * h * w, cx + 0.15 * h * w)),
-              person.bottom)
-    # Torso with its pattern, then arms.
-    shoulder, waist = y(0.15), y(0.51)
-    torso = _quad(shoulder, waist, (cx - 0.12 * h * w, cx + 0.12 * h * w), (cx - 0.1 * h * w, cx + 0.1 * h * w))
-    period = person.pattern_period * h / 110
-    phase = rng.uniform(0, period)
+        hip_x, foot_x = side * 0.05 * w, side * (0.05 * w + 0.02 + 0.06 * stride)
+        legs_colour = person.bottom if person.bottom_kind == "trousers" else person.skin
+        paint(band(0.5, 0.95, hip_x, foot_x, 0.05 * w, 0.05 * w), legs_colour)
+        paint(blob(0.95, foot_x, 0.025, 0.04), person.shoes)
+        if person.bottom_kind == "shorts":
+            knee_x = side * (0.05 * w + 0.01 + 0.02 * stride)
+            paint(band(0.49, 0.68, hip_x, knee_x, 0.06 * w, 0.06 * w), person.bottom)
+    if person.bottom_kind == "skirt":
+        paint(band(0.49, 0.7, 0, 0, 0.1 * w, 0.15 * w), person.bottom)
+    # Torso with its pattern, then the arms and sleeves.
+    torso = band(0.15, 0.51, 0, 0, 0.12 * w, 0.1 * w)
     if person.top_pattern == "plain":
         paint(torso, person.top)
     else:
-        stripes = ((_YY - shoulder + phase) // (period / 2)) % 2 == 0
+        half_period = person.pattern_period * h / 220
+        phase = rng.uniform(0, 2 * half_period)
+        stripes = ((_YY - row(0.15) + phase) // half_period) % 2 == 0
         if person.top_pattern == "checks":
-            stripes ^= ((_XX - cx + phase) // (period / 2)) % 2 == 0
+            stripes ^= ((_XX - cx + phase) // half_period) % 2 == 0
         paint(torso & ~stripes, person.top)
         paint(torso & stripes, person.top_second)
+    sleeve_end = 0.45 if person.long_sleeves else 0.31
     for side in (-1, 1):
-        x_shoulder = cx + side * 0.13 * h * w
-        x_hand = x_shoulder + side * 0.02 * h - stride * side * 0.05 * h
-        elbow_row = y(0.31)
-        paint(_limb(shoulder + 1, y(0.46), x_shoulder, x_hand, 0.035 * h), person.skin)
-        sleeve_end = y(0.45) if person.long_sleeves else elbow_row
-        x_sleeve = x_shoulder + (x_hand - x_shoulder) * (sleeve_end - shoulder) / (y(0.46) - shoulder)
-        paint(_limb(shoulder, sleeve_end, x_shoulder, x_sleeve, 0.04 * h), person.top)
+        shoulder_x = side * 0.13 * w
+        hand_x = shoulder_x + side * 0.02 - 0.05 * side * stride
+        sleeve_x = shoulder_x + (hand_x - shoulder_x) * (sleeve_end - 0.15) / (0.46 - 0.15)
+        paint(band(0.16, 0.46, shoulder_x, hand_x, 0.035, 0.035), person.skin)
+        paint(band(0.15, sleeve_end, shoulder_x, sleeve_x, 0.04, 0.04), person.top)
     # Bag: a backpack shows as a block from behind and as straps from the front.
-    if person.bag is not None:
-        if person.bag_kind == "backpack":
-            if facing_back:
-                paint(_quad(y(0.18), y(0.45), (cx - 0.09 * h * w, cx + 0.09 * h * w), (cx - 0.1 * h * w, cx + 0.1 * h * w)),
-                      person.bag)
-            else:
-                for side in (-1, 1):
-                    paint(_limb(shoulder, y(0.35), cx + side * 0.07 * h * w, cx + side * 0.08 * h * w, 0.015 * h), person.bag)
+    if person.bag is not None and person.bag_kind == "backpack":
+        if facing_back:
+            paint(band(0.18, 0.45, 0, 0, 0.09 * w, 0.1 * w), person.bag)
         else:
-            side = 1 if facing_back else -1
-            paint(_limb(shoulder, y(0.42), cx - side * 0.08 * h * w, cx + side * 0.1 * h * w, 0.012 * h), person.bag)
-            paint(_quad(y(0.4), y(0.55), (cx + side * 0.14 * h * w - 0.06 * h, cx + side * 0.14 * h * w + 0.06 * h),
-                        (cx + side * 0.14 * h * w - 0.065 * h, cx + side * 0.14 * h * w + 0.065 * h)), person.bag)
+            for side in (-1, 1):
+                paint(band(0.15, 0.35, side * 0.07 * w, side * 0.08 * w, 0.015, 0.015), person.bag)
+    elif person.bag is not None:
+        side = 1 if facing_back else -1
+        paint(band(0.15, 0.42, -side * 0.08 * w, side * 0.1 * w, 0.012, 0.012), person.bag)  # strap
+        paint(band(0.4, 0.55, side * 0.14 * w, side * 0.14 * w, 0.06, 0.065), person.bag)
     # Head: hair on top, all hair from behind; long hair falls over the back.
-    head_cy, head_ry, head_rx = y(0.075), 0.065 * h, 0.05 * h
-    paint(_ellipse(y(0.13), cx, 0.03 * h, 0.025 * h), person.skin)  # neck
-    paint(_ellipse(head_cy, cx, head_ry, head_rx), person.hair if facing_back else person.skin)
+    paint(blob(0.13, 0, 0.03, 0.025), person.skin)  # neck
+    paint(blob(0.075, 0, 0.065, 0.05), person.hair if facing_back else person.skin)
     if not facing_back:
-        paint(_ellipse(head_cy - 0.3 * head_ry, cx, 0.75 * head_ry, 1.05 * head_rx) & (_YY < head_cy - 0.2 * head_ry),
-              person.hair)
+        paint(blob(0.055, 0, 0.049, 0.053) & (_YY < row(0.062)), person.hair)
     elif person.long_hair:
-        paint(_quad(head_cy, y(0.27), (cx - 0.06 * h, cx + 0.06 * h), (cx - 0.075 * h, cx + 0.075 * h)), person.hair)
+        paint(band(0.075, 0.27, 0, 0, 0.06, 0.075), person.hair)
     if person.hat is not None:
-        paint(_ellipse(head_cy - 0.55 * head_ry, cx, 0.55 * head_ry, 1.15 * head_rx) & (_YY < head_cy - 0.3 * head_ry),
-              person.hat)
+        paint(blob(0.039, 0, 0.036, 0.058) & (_YY < row(0.055)), person.hat)
     # Round the body with horizontal shading, then composite.
     shade = 1.0 - 0.3 * np.clip(np.abs(_XX - cx) / (0.16 * h * w), 0, 1) ** 2
     canvas[body] = (colour_of * shade[..., None])[body]
@@ -368,7 +374,8 @@ def _render(job: _Job, people: list[Person], cameras: list[Camera], spec: Synthe
     jitter = spec.pose_jitter
     x0 = int(rng.integers(0, 2 * WIDTH))
     canvas = _background_strip(camera)[:, x0:x0 + WIDTH].copy()
-    height = 112 * (people[job.person].height if job.person >= 0 else 1.0) * (1 + 0.06 * jitter * rng.normal())
+    person_height = people[job.person].height if job.person >= 0 else 1.0
+    height = 112 * person_height * (1 + 0.06 * jitter * rng.normal())
     top = (HEIGHT - height) / 2 + 3 * jitter * rng.normal()
     cx = WIDTH / 2 + 2.5 * jitter * rng.normal()
     if job.framing != "normal":
@@ -386,7 +393,8 @@ def _render(job: _Job, people: list[Person], cameras: list[Camera], spec: Synthe
     if rng.random() < spec.occlusion_prob:  # something in front: a pole, a passer-by, a bike
         y0 = rng.uniform(0.3, 0.9) * HEIGHT
         x_left = rng.uniform(-WIDTH / 2, WIDTH)
-        canvas[(_YY >= y0) & (_XX >= x_left) & (_XX <= x_left + rng.uniform(8, 30))] = _clothing_colour(rng)
+        x_right = x_left + rng.uniform(8, 30)
+        canvas[(_YY >= y0) & (_XX >= x_left) & (_XX <= x_right)] = _clothing_colour(rng)
     if rng.random() < 0.5:
         canvas = canvas[:, ::-1]
     light = camera.brightness * (1 + 0.08 * rng.normal())
@@ -395,24 +403,26 @@ def _render(job: _Job, people: list[Person], cameras: list[Camera], spec: Synthe
     radius = camera.blur + rng.uniform(0, 0.4)
     if radius > 0.05:
         image = image.filter(ImageFilter.GaussianBlur(radius))
-    noisy = np.asarray(image, np.float32) + spec.noise_std * rng.standard_normal((HEIGHT, WIDTH, 3), np.float32)
+    noise = spec.noise_std * rng.standard_normal((HEIGHT, WIDTH, 3), np.float32)
+    noisy = np.clip(np.asarray(image, np.float32) + noise, 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=spec.jpeg_quality)
+    Image.fromarray(noisy).save(buffer, "JPEG", quality=spec.jpeg_quality)
     return buffer.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------
 # Planning the download: who is seen where, and under which file name.
 
-def _spread(total: int, minimum: np.ndarray, maximum: float, rng: np.random.Generator) -> np.ndarray:
-    """Integer counts, one per part, summing to ``total``, each within [minimum, maximum]; some
-    parts are popular (like people who walk past the cameras often)."""
+def _spread(total: int, minimum: np.ndarray, maximum: float,
+            rng: np.random.Generator) -> np.ndarray:
+    """Integer counts, one per identity, summing to ``total``, each within [minimum, maximum];
+    some identities are popular (walk past the cameras often)."""
     counts = minimum.astype(np.int64).copy()
     remaining = total - int(counts.sum())
-    if remaining < 0 or remaining > np.sum(maximum - counts):
-        raise UserError(f"synthetic dataset: cannot spread {total} images over {len(counts)} "
-                        f"identities ({int(counts.sum())} to {int(np.sum(maximum - counts) + counts.sum())} fit); "
-                        "change the image totals or identity counts")
+    if remaining < 0 or remaining > len(counts) * maximum - counts.sum():
+        most = "" if maximum == np.inf else f" to {len(counts) * maximum}"
+        raise UserError(f"synthetic dataset: {total} images do not fit {len(counts)} identities "
+                        f"(room for {counts.sum()}{most}); change the totals or identity counts")
     popularity = rng.gamma(2.0, size=len(counts))
     while remaining > 0:
         open_parts = np.flatnonzero(counts < maximum)
@@ -438,6 +448,10 @@ class _Namer:
         return m.format_market_name(pid, camera, int(self.rng.integers(1, 7)), frame, box)
 
 
+def _or_default(total: int | None, default: float) -> int:
+    return total if total is not None else round(default)
+
+
 def _plan(spec: SyntheticSpec) -> tuple[list[Person], list[Camera], list[_Job]]:
     """Identities, cameras and the full list of images, all drawn in the main process."""
     rng = np.random.default_rng([spec.seed, 0])
@@ -450,7 +464,8 @@ def _plan(spec: SyntheticSpec) -> tuple[list[Person], list[Camera], list[_Job]]:
         for k in range(1, len(split_pids)):
             if rng.random() < spec.similar_fraction:
                 base = split_pids[rng.integers(k)]
-                people[split_pids[k]] = _near_twin(people[base], np.random.default_rng([spec.seed, 2, split_pids[k]]))
+                twin_rng = np.random.default_rng([spec.seed, 2, split_pids[k]])
+                people[split_pids[k]] = _near_twin(people[base], twin_rng)
     cameras = [_random_camera(np.random.default_rng([spec.seed, 3, c]), spec.camera_strength)
                for c in range(spec.num_cams)]
     name = _Namer(rng)
@@ -462,14 +477,15 @@ def _plan(spec: SyntheticSpec) -> tuple[list[Person], list[Camera], list[_Job]]:
         key = (spec.seed, 4, len(jobs))
         jobs.append(_Job(path, pid if person is None else person, camera, framing, key))
 
-    def seen_by(count: int) -> np.ndarray:
-        """``count`` images spread over 2..num_cams cameras, each camera at least once."""
-        cams = rng.permutation(spec.num_cams)[:min(count, rng.integers(2, spec.num_cams + 1))]
+    def spread_over(cams: np.ndarray, count: int) -> np.ndarray:
+        """A camera for each of ``count`` images: every one of ``cams`` at least once."""
         return np.concatenate([cams, rng.choice(cams, count - len(cams))])
 
-    train_total = spec.train_images if spec.train_images is not None else round(spec.num_train_ids * spec.images_per_id)
-    for pid, count in zip(train_pids, _spread(train_total, np.full(len(train_pids), 2), np.inf, rng)):
-        for camera in seen_by(count):
+    train_total = _or_default(spec.train_images, spec.num_train_ids * spec.images_per_id)
+    train_counts = _spread(train_total, np.full(len(train_pids), 2), np.inf, rng)
+    for pid, count in zip(train_pids, train_counts):
+        cams = rng.permutation(spec.num_cams)[:min(count, rng.integers(2, spec.num_cams + 1))]
+        for camera in spread_over(cams, count):
             add(m.TRAIN_FOLDER, pid, camera)
 
     # Test identities: one query per camera they are seen by, a gallery image in each of those.
@@ -477,22 +493,23 @@ def _plan(spec: SyntheticSpec) -> tuple[list[Person], list[Camera], list[_Job]]:
         query_cams = rng.integers(2, spec.num_cams + 1, size=len(test_pids))
     else:
         query_cams = _spread(spec.query_images, np.full(len(test_pids), 2), spec.num_cams, rng)
-    gallery_total = spec.gallery_images if spec.gallery_images is not None else round(spec.num_test_ids * spec.images_per_id)
+    gallery_total = _or_default(spec.gallery_images, spec.num_test_ids * spec.images_per_id)
     gallery_counts = _spread(gallery_total, query_cams, np.inf, rng)
     for pid, num_query_cams, count in zip(test_pids, query_cams, gallery_counts):
         cams = rng.permutation(spec.num_cams)[:num_query_cams]
         for camera in cams:
             add(m.QUERY_FOLDER, pid, camera)
-        for camera in np.concatenate([cams, rng.choice(cams, count - len(cams))]):
+        for camera in spread_over(cams, count):
             add(m.TEST_FOLDER, pid, camera)
         for camera in rng.choice(cams, spec.gt_bbox_per_id):
             add(m.GT_BBOX_FOLDER, pid, camera, box=0)
-    num_distractors = spec.distractor_images if spec.distractor_images is not None else round(gallery_total * _DISTRACTOR_SHARE)
-    num_junk = spec.junk_images if spec.junk_images is not None else round(gallery_total * _JUNK_SHARE)
-    for _ in range(num_distractors):
-        add(m.TEST_FOLDER, m.DISTRACTOR_PID, int(rng.integers(spec.num_cams)), "distractor", person=-1)
-    for _ in range(num_junk):  # junk shows a test person in a bad box
-        add(m.TEST_FOLDER, m.JUNK_PID, int(rng.integers(spec.num_cams)), "junk", person=int(rng.choice(test_pids)))
+    for _ in range(_or_default(spec.distractor_images, gallery_total * _DISTRACTOR_SHARE)):
+        add(m.TEST_FOLDER, m.DISTRACTOR_PID, int(rng.integers(spec.num_cams)), "distractor",
+            person=-1)
+    for _ in range(_or_default(spec.junk_images, gallery_total * _JUNK_SHARE)):
+        # Junk shows a test person in a bad box.
+        add(m.TEST_FOLDER, m.JUNK_PID, int(rng.integers(spec.num_cams)), "junk",
+            person=int(rng.choice(test_pids)))
     return people, cameras, jobs
 
 
@@ -502,7 +519,8 @@ def _plan(spec: SyntheticSpec) -> tuple[list[Person], list[Camera], list[_Job]]:
 _WORKER: dict = {}
 
 
-def _init_worker(people: list[Person], cameras: list[Camera], spec: SyntheticSpec, root: str) -> None:
+def _init_worker(people: list[Person], cameras: list[Camera], spec: SyntheticSpec,
+                 root: str) -> None:
     _WORKER.update(people=people, cameras=cameras, spec=spec, root=root)
 
 
@@ -526,7 +544,8 @@ def _readme(spec: SyntheticSpec, counts: dict[str, int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def generate(out_dir: str | Path, spec: SyntheticSpec, workers: int = 2, progress: bool = False) -> Path:
+def generate(out_dir: str | Path, spec: SyntheticSpec, workers: int = 2,
+             progress: bool = False) -> Path:
     """Write the download for ``spec`` to ``out_dir/Market-1501-v15.09.15`` and return that path.
 
     It is built under a temporary name and renamed when complete, so an interrupted run leaves
@@ -543,10 +562,13 @@ def generate(out_dir: str | Path, spec: SyntheticSpec, workers: int = 2, progres
         for folder in (*_IMAGE_FOLDERS, m.GT_QUERY_FOLDER):
             (partial / folder).mkdir(parents=True)
     except OSError as err:
-        raise UserError(f"cannot write to {out_dir} ({err.strerror}); choose a writable folder") from None
-    for index, folder in enumerate(_IMAGE_FOLDERS):  # the real download carries one in every image folder
-        (partial / folder / "Thumbs.db").write_bytes(np.random.default_rng([spec.seed, 5, index]).bytes(1024))
-    counts = {folder: sum(job.path.startswith(folder + "/") for job in jobs) for folder in _IMAGE_FOLDERS}
+        raise UserError(f"cannot write to {out_dir} ({err.strerror}); choose a writable "
+                        "folder") from None
+    for index, folder in enumerate(_IMAGE_FOLDERS):  # the real download has one in each
+        thumbs = np.random.default_rng([spec.seed, 5, index]).bytes(1024)
+        (partial / folder / "Thumbs.db").write_bytes(thumbs)
+    counts = {folder: sum(job.path.startswith(folder + "/") for job in jobs)
+              for folder in _IMAGE_FOLDERS}
     (partial / "readme.txt").write_text(_readme(spec, counts))
 
     args = (people, cameras, spec, str(partial))
@@ -570,8 +592,9 @@ def _report(progress: bool, done: int, total: int, started: float) -> None:
         print(f"  {done}/{total} images, {time.time() - started:.0f}s", file=sys.stderr)
 
 
-def make_synthetic_market(out_dir: str | Path, num_train_ids: int, num_test_ids: int, images_per_id: float,
-                          num_cams: int = 6, seed: int = 0, workers: int = 2, **options) -> Path:
+def make_synthetic_market(out_dir: str | Path, num_train_ids: int, num_test_ids: int,
+                          images_per_id: float, num_cams: int = 6, seed: int = 0,
+                          workers: int = 2, **options) -> Path:
     """Write a synthetic Market-1501-v15.09.15 download under ``out_dir``; returns its path.
 
     ``options`` are the other ``SyntheticSpec`` fields (totals and difficulty knobs).
@@ -582,7 +605,7 @@ def make_synthetic_market(out_dir: str | Path, num_train_ids: int, num_test_ids:
 
 def make_preset(out_dir: str | Path, preset: str = "demo", workers: int = 2, progress: bool = False,
                 **overrides) -> Path:
-    """Write one of ``PRESETS`` (tiny, demo, market), with any ``SyntheticSpec`` field overridden."""
+    """Write one of ``PRESETS`` (tiny, demo, market), any ``SyntheticSpec`` field overridden."""
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     return generate(out_dir, dataclasses.replace(PRESETS[preset], **overrides), workers, progress)
@@ -591,29 +614,32 @@ def make_preset(out_dir: str | Path, preset: str = "demo", workers: int = 2, pro
 def main() -> None:
     parser = argparse.ArgumentParser(
         description="Write a synthetic Market-1501-shaped download (Market-1501-v15.09.15/ with "
-                    "bounding_box_train, bounding_box_test, query, gt_bbox, gt_query) for testing "
+                    "bounding_box_train, bounding_box_test, query, gt_bbox, gt_query) to test "
                     "prepare_market.py and training without the real dataset.")
-    parser.add_argument("--out", type=Path, required=True, help="folder to write Market-1501-v15.09.15/ into")
-    parser.add_argument("--preset", choices=list(PRESETS), default="demo",
-                        help="size: tiny (tests), demo (default; training demo), market (Market-1501's counts)")
-    parser.add_argument("--ids", type=int, help="identities in train and in test (overrides the preset)")
-    parser.add_argument("--images-per-id", type=float, help="mean images per identity (overrides the preset)")
-    parser.add_argument("--cams", type=int, help="number of cameras (overrides the preset)")
-    parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
-    parser.add_argument("--similar-fraction", type=float, help="share of identities drawn as near-twins")
-    parser.add_argument("--noise-std", type=float, help="sensor noise in grey levels")
-    parser.add_argument("--workers", type=int, default=2, help="processes drawing images (default 2)")
+    a = parser.add_argument
+    a("--out", type=Path, required=True, help="folder to write Market-1501-v15.09.15/ into")
+    a("--preset", choices=list(PRESETS), default="demo",
+      help="tiny (tests), demo (the training demo; default), market (Market-1501's counts)")
+    a("--ids", type=int, help="identities in train and in test each (overrides the preset)")
+    a("--images-per-id", type=float, help="mean images per identity (overrides the preset)")
+    a("--cams", type=int, help="number of cameras (overrides the preset)")
+    a("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
+    a("--similar-fraction", type=float, help="share of identities drawn as near-twins")
+    a("--noise-std", type=float, help="sensor noise in grey levels")
+    a("--workers", type=int, default=2, help="processes drawing images (default 2)")
     args = parser.parse_args()
-    overrides = {field: value for field, value in (
-        ("num_train_ids", args.ids), ("num_test_ids", args.ids), ("images_per_id", args.images_per_id),
-        ("num_cams", args.cams), ("similar_fraction", args.similar_fraction), ("noise_std", args.noise_std),
+    overrides = {name: value for name, value in (
+        ("num_train_ids", args.ids), ("num_test_ids", args.ids),
+        ("images_per_id", args.images_per_id), ("num_cams", args.cams),
+        ("similar_fraction", args.similar_fraction), ("noise_std", args.noise_std),
     ) if value is not None}
     if args.ids is not None and args.preset == "market":
         # The market preset's fixed totals belong to 751/750 identities.
         overrides.update(train_images=None, gallery_images=None, query_images=None,
                          distractor_images=None, junk_images=None)
     started = time.time()
-    root = make_preset(args.out, args.preset, workers=args.workers, progress=True, seed=args.seed, **overrides)
+    root = make_preset(args.out, args.preset, workers=args.workers, progress=True,
+                       seed=args.seed, **overrides)
     print(f"wrote {root} in {time.time() - started:.1f}s")
 
 

@@ -27,7 +27,8 @@ def test_order_is_imagefolder_order(prepared_market):
 def test_classes_sorted_as_strings_and_files_sorted(prepared_market):
     gallery = ReIDFolder(prepared_market / "gallery")
     assert gallery.classes[:2] == ["-1", "0000"]
-    assert gallery.classes == sorted(gallery.classes) and gallery.num_classes == len(gallery.classes)
+    assert gallery.classes == sorted(gallery.classes)
+    assert gallery.num_classes == len(gallery.classes)
     assert [gallery.classes[t] for t in gallery.targets] == [p.parent.name for p in gallery.paths]
     assert np.all(np.diff(gallery.targets) >= 0)
     for index in range(gallery.num_classes):
@@ -96,3 +97,14 @@ def test_unexpected_file_name_names_the_file(tmp_path):
     Image.new("RGB", (64, 128)).save(tmp_path / "split" / "0002" / "photo.jpg")
     with pytest.raises(UserError, match="photo.jpg"):
         ReIDFolder(tmp_path / "split")
+
+
+def test_subset_keeps_classes_and_metadata(prepared_market):
+    gallery = ReIDFolder(prepared_market / "gallery")
+    keep = np.flatnonzero(gallery.pids != -1)
+    without_junk = gallery.subset(keep)
+    assert len(without_junk) == len(keep) and -1 not in without_junk.pids
+    assert without_junk.classes == gallery.classes
+    assert without_junk.paths == [gallery.paths[i] for i in keep]
+    assert np.array_equal(without_junk.camids, gallery.camids[keep])
+    assert without_junk[0][1] == gallery.targets[keep[0]] and len(gallery) > len(keep)

@@ -143,7 +143,8 @@ def test_second_labels_from_logits_rule():
     true = np.array([0, 1, 0, 2])
     expected = [1, 2, 1, 0]
     assert second_labels_from_logits(logits, true).tolist() == expected
-    from_torch = second_labels_from_logits(torch.tensor(logits, requires_grad=True), torch.tensor(true))
+    from_torch = second_labels_from_logits(torch.tensor(logits, requires_grad=True),
+                                           torch.tensor(true))
     assert from_torch.tolist() == expected and from_torch.dtype == np.int64
 
 

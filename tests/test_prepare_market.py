@@ -18,11 +18,13 @@ from prepare_market import format_summary, prepare
 from utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
+SOURCE_FOLDER = {"train_all": m.TRAIN_FOLDER, "train": m.TRAIN_FOLDER, "val": m.TRAIN_FOLDER,
+                 "query": m.QUERY_FOLDER, "gallery": m.TEST_FOLDER, "multi-query": m.GT_BBOX_FOLDER}
 
 
 def zip_download(download: Path, archive: Path, top_folder: bool = True,
                  compression: int = zipfile.ZIP_DEFLATED) -> Path:
-    """Zip a download folder the way the official archive is laid out (or without its top folder)."""
+    """Zip a download folder as the official archive is laid out (or without its top folder)."""
     with zipfile.ZipFile(archive, "w", compression) as zf:
         for path in sorted(download.rglob("*")):
             relative = path.relative_to(download.parent if top_folder else download).as_posix()
@@ -32,8 +34,13 @@ def zip_download(download: Path, archive: Path, top_folder: bool = True,
 
 def file_states(root: Path) -> dict[str, tuple[int, int, int]]:
     """Relative path -> (inode, size, mtime in ns)."""
-    return {p.relative_to(root).as_posix(): (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns)
-            for p in root.rglob("*") if p.is_file()}
+    states = {}
+    for path in root.rglob("*"):
+        if path.is_file():
+            stat = path.stat()
+            relative = path.relative_to(root).as_posix()
+            states[relative] = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    return states
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -43,7 +50,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def download_zip(synthetic_download, tmp_path_factory) -> Path:
-    return zip_download(synthetic_download, tmp_path_factory.mktemp("zip") / "Market-1501-v15.09.15.zip")
+    archive = tmp_path_factory.mktemp("zip") / f"{m.DOWNLOAD_FOLDER}.zip"
+    return zip_download(synthetic_download, archive)
 
 
 def test_layout_and_counts(synthetic_download, prepared_market):
@@ -73,9 +81,7 @@ def test_layout_and_counts(synthetic_download, prepared_market):
     source = file_digests(synthetic_download)
     for relative, digest in file_digests(prepared_market).items():
         split, _, name = relative.split("/")
-        folder = m.TRAIN_FOLDER if split in ("train_all", "train", "val") else {
-            "query": m.QUERY_FOLDER, "gallery": m.TEST_FOLDER, "multi-query": m.GT_BBOX_FOLDER}[split]
-        assert source[f"{folder}/{name}"] == digest
+        assert source[f"{SOURCE_FOLDER[split]}/{name}"] == digest
 
 
 def test_summary_counts_and_warning(prepared_market, tmp_path, synthetic_download):
@@ -92,7 +98,8 @@ def test_summary_counts_and_warning(prepared_market, tmp_path, synthetic_downloa
     assert "train_all" in text and "12936" in text and "WARNING" in text and "differ" in text
 
 
-def test_zip_and_folder_give_identical_trees(prepared_market, download_zip, synthetic_download, tmp_path):
+def test_zip_and_folder_give_identical_trees(prepared_market, download_zip, synthetic_download,
+                                             tmp_path):
     expected = file_digests(prepared_market)
     prepare(download_zip, tmp_path / "from_zip", progress=False)
     assert file_digests(tmp_path / "from_zip") == expected
@@ -173,9 +180,8 @@ def test_link_makes_hard_links(synthetic_download, tmp_path):
     linked = sorted((tmp_path / "market").rglob("*.jpg"))
     assert len(linked) == summary.written > 0
     for path in linked:
-        folder = {"query": m.QUERY_FOLDER, "gallery": m.TEST_FOLDER,
-                  "multi-query": m.GT_BBOX_FOLDER}.get(path.parts[-3], m.TRAIN_FOLDER)
-        assert path.stat().st_ino == (synthetic_download / folder / path.name).stat().st_ino
+        source = synthetic_download / SOURCE_FOLDER[path.parts[-3]] / path.name
+        assert path.stat().st_ino == source.stat().st_ino
 
 
 def snapshot(path: Path):
@@ -223,7 +229,7 @@ def test_cli_corrupt_zips(synthetic_download, download_zip, tmp_path):
     check_cli_error(tmp_path / "dst", "--src", str(truncated), message="truncated.zip")
     damaged = damage_first_image(download_zip, tmp_path / "damaged.zip")
     check_cli_error(tmp_path / "dst", "--src", str(damaged), message="damaged.zip")
-    stored = zip_download(synthetic_download, tmp_path / "stored.zip", compression=zipfile.ZIP_STORED)
+    stored = zip_download(synthetic_download, tmp_path / "stored.zip", True, zipfile.ZIP_STORED)
     bad_crc = damage_first_image(stored, tmp_path / "bad_crc.zip")
     check_cli_error(tmp_path / "dst", "--src", str(bad_crc), message="CRC")
     (tmp_path / "text.zip").write_text("not a zip")

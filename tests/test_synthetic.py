@@ -98,7 +98,8 @@ def test_market_preset_has_official_counts():
     counts = m.OFFICIAL_COUNTS
     assert (spec.num_train_ids, spec.train_images) == (counts["train_ids"], counts["train_images"])
     assert (spec.num_test_ids, spec.query_images) == (counts["query_ids"], counts["query_images"])
-    assert spec.gallery_images + spec.distractor_images + spec.junk_images == counts["gallery_images"]
+    gallery = spec.gallery_images + spec.distractor_images + spec.junk_images
+    assert gallery == counts["gallery_images"]
 
 
 @pytest.mark.parametrize("bad", [dict(num_cams=1), dict(images_per_id=1), dict(similar_fraction=2),
