@@ -92,16 +92,21 @@ def second_labels_from_logits(logits: Any, true_labels: Any) -> np.ndarray:
 
     ``logits`` is an (N, C) numpy array or torch tensor; ties go to the lower class index.
     """
-    if hasattr(logits, "detach"):
-        logits = logits.detach().cpu().numpy()
-    logits = np.asarray(logits)
+    logits = _as_numpy(logits)
     if logits.ndim != 2 or logits.shape[1] < 2:
         raise UserError(f"logits must have shape (N, C) with C >= 2, got {logits.shape}")
-    true_labels = _check_labels(true_labels, logits.shape[1])
+    true_labels = _check_labels(_as_numpy(true_labels), logits.shape[1])
     if true_labels.shape[0] != logits.shape[0]:
         raise UserError(f"{logits.shape[0]} rows of logits but {true_labels.shape[0]} labels")
     top2 = np.argsort(-logits, axis=1, kind="stable")[:, :2]
     return np.where(top2[:, 0] != true_labels, top2[:, 0], top2[:, 1]).astype(np.int64)
+
+
+def _as_numpy(values: Any) -> np.ndarray:
+    """numpy from numpy, lists or torch tensors (on any device)."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values)
 
 
 def realised_noise_rate(is_clean: Any) -> float:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import colorsys
+import contextlib
 import dataclasses
 import io
 import multiprocessing
@@ -39,8 +40,11 @@ HEIGHT, WIDTH = 128, 64
 _IMAGE_FOLDERS = (m.TRAIN_FOLDER, m.TEST_FOLDER, m.QUERY_FOLDER, m.GT_BBOX_FOLDER)
 
 # Market-1501's bounding_box_test: 2,793 distractors and 3,819 junk beside 13,120 good images.
-_DISTRACTOR_SHARE = 2793 / 13120
-_JUNK_SHARE = 3819 / 13120
+_OFFICIAL = m.OFFICIAL_COUNTS
+_GOOD_GALLERY = (_OFFICIAL["gallery_images"] - _OFFICIAL["gallery_distractor_images"]
+                 - _OFFICIAL["gallery_junk_images"])
+_DISTRACTOR_SHARE = _OFFICIAL["gallery_distractor_images"] / _GOOD_GALLERY
+_JUNK_SHARE = _OFFICIAL["gallery_junk_images"] / _GOOD_GALLERY
 
 
 @dataclass(frozen=True)
@@ -100,15 +104,14 @@ PRESETS: dict[str, SyntheticSpec] = {
     # Market-1501's counts (OFFICIAL_COUNTS): 751 train ids / 12,936 images, 750 test ids,
     # 3,368 queries, 19,732 gallery images with 2,793 distractors and 3,819 junk.
     "market": SyntheticSpec(
-        num_train_ids=m.OFFICIAL_COUNTS["train_ids"],
-        num_test_ids=m.OFFICIAL_COUNTS["query_ids"],
-        images_per_id=m.OFFICIAL_COUNTS["train_images"] / m.OFFICIAL_COUNTS["train_ids"],
-        train_images=m.OFFICIAL_COUNTS["train_images"],
-        query_images=m.OFFICIAL_COUNTS["query_images"],
-        distractor_images=m.OFFICIAL_COUNTS["gallery_distractor_images"],
-        junk_images=m.OFFICIAL_COUNTS["gallery_junk_images"],
-        gallery_images=m.OFFICIAL_COUNTS["gallery_images"]
-        - m.OFFICIAL_COUNTS["gallery_distractor_images"] - m.OFFICIAL_COUNTS["gallery_junk_images"],
+        num_train_ids=_OFFICIAL["train_ids"],
+        num_test_ids=_OFFICIAL["query_ids"],
+        images_per_id=_OFFICIAL["train_images"] / _OFFICIAL["train_ids"],
+        train_images=_OFFICIAL["train_images"],
+        gallery_images=_GOOD_GALLERY,
+        query_images=_OFFICIAL["query_images"],
+        distractor_images=_OFFICIAL["gallery_distractor_images"],
+        junk_images=_OFFICIAL["gallery_junk_images"],
     ),
 }
 
@@ -127,7 +130,7 @@ class Person:
     top: Colour
     top_second: Colour      # stripe / check colour
     top_pattern: str        # "plain", "stripes", "checks"
-    pattern_period: float   # pixels at full height
+    pattern_period: float   # pixels, for a body 110 pixels tall
     long_sleeves: bool
     bottom: Colour
     bottom_kind: str        # "trousers", "shorts", "skirt"
@@ -140,7 +143,9 @@ class Person:
     height: float           # height factor
 
 
-class Camera(NamedTuple):
+@dataclass(frozen=True)
+class Camera:
+    """A camera's scene and how it renders colour; the same for every image it takes."""
     wall: Colour
     floor: Colour
     horizon: float          # fraction of the image height
@@ -573,34 +578,30 @@ def generate(out_dir: str | Path, spec: SyntheticSpec, workers: int = 2,
 
     args = (people, cameras, spec, str(partial))
     started = time.time()
-    chunks = max(1, min(256, len(jobs) // (8 * max(workers, 1))))
-    if workers > 1:
-        with multiprocessing.Pool(workers, _init_worker, args) as pool:
-            for done, _ in enumerate(pool.imap_unordered(_write_job, jobs, chunksize=chunks), 1):
-                _report(progress, done, len(jobs), started)
-    else:
-        _init_worker(*args)
-        for done, job in enumerate(jobs, 1):
-            _write_job(job)
-            _report(progress, done, len(jobs), started)
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(multiprocessing.Pool(workers, _init_worker, args))
+            chunk = max(1, min(256, len(jobs) // (8 * workers)))
+            written = pool.imap_unordered(_write_job, jobs, chunksize=chunk)
+        else:
+            _init_worker(*args)
+            written = map(_write_job, jobs)
+        for done, _ in enumerate(written, 1):
+            if progress and (done % 2000 == 0 or done == len(jobs)):
+                print(f"  {done}/{len(jobs)} images, {time.time() - started:.0f}s", file=sys.stderr)
     partial.rename(root)
     return root
 
 
-def _report(progress: bool, done: int, total: int, started: float) -> None:
-    if progress and (done % 2000 == 0 or done == total):
-        print(f"  {done}/{total} images, {time.time() - started:.0f}s", file=sys.stderr)
-
-
 def make_synthetic_market(out_dir: str | Path, num_train_ids: int, num_test_ids: int,
                           images_per_id: float, num_cams: int = 6, seed: int = 0,
-                          workers: int = 2, **options) -> Path:
+                          workers: int = 2, progress: bool = False, **options) -> Path:
     """Write a synthetic Market-1501-v15.09.15 download under ``out_dir``; returns its path.
 
     ``options`` are the other ``SyntheticSpec`` fields (totals and difficulty knobs).
     """
     spec = SyntheticSpec(num_train_ids, num_test_ids, images_per_id, num_cams, seed, **options)
-    return generate(out_dir, spec, workers)
+    return generate(out_dir, spec, workers, progress)
 
 
 def make_preset(out_dir: str | Path, preset: str = "demo", workers: int = 2, progress: bool = False,
