@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--ids", type=int, default=750, help="identities shared by query and gallery (default: 750)")
     parser.add_argument("--cams", type=int, default=6, help="number of cameras (default: 6)")
     parser.add_argument("--dim", type=int, default=128, help="feature dimension of the synthetic features (default: 128)")
-    parser.add_argument("--noise", type=float, default=1.0, help="feature noise; larger = weaker model, matches ranked lower (default: 1.0)")
+    parser.add_argument("--noise", type=float, default=1.25, help="feature noise; larger = weaker model, matches ranked lower (default: 1.25, about rank-1 0.9 and mAP 0.7 like a trained ResNet-50 on Market)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each implementation; the best is reported (default: 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic problem (default: 0)")
     args = parser.parse_args()

@@ -80,33 +80,16 @@ def evaluate(
     g_pids_a = _as_ids(g_pids, "g_pids", ng, "columns (gallery items)")
     q_cams_a = _as_ids(q_camids, "q_camids", nq, "rows (queries)")
     g_cams_a = _as_ids(g_camids, "g_camids", ng, "columns (gallery items)")
-    max_rank = _positive_int(max_rank, "max_rank")
+    max_rank = min(_positive_int(max_rank, "max_rank"), ng)
     num_repeats = _positive_int(num_repeats, "num_repeats")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     kernel = _pick_backend(backend)
-    max_rank = min(max_rank, ng)
 
-    uids, group_order, group_start = _gallery_groups(g_pids_a)
-    q_group = np.searchsorted(uids, q_pids_a)
-    found = q_group < len(uids)
-    found[found] = uids[q_group[found]] == q_pids_a[found]
-    q_group = np.where(found, q_group, -1)
-
-    if kernel is _eval_cy:
-        first_rank = np.empty(nq, dtype=np.int64)
-        ap = np.zeros(nq, dtype=np.float64)
-        q_start, q_end = np.zeros(nq, dtype=np.int64), np.zeros(nq, dtype=np.int64)
-        q_start[found] = group_start[q_group[found]]
-        q_end[found] = group_start[q_group[found] + 1]
-        max_group = int(np.diff(group_start).max(initial=0))
-        _eval_cy.market_stats(
-            dist, q_pids_a, q_cams_a, g_pids_a, g_cams_a, group_order, q_start, q_end,
-            max_group, first_rank, ap,
-        )
-    else:
-        first_rank, ap = _reference.market_stats(dist, q_pids_a, q_cams_a, g_pids_a, g_cams_a)
-
+    groups = _GalleryGroups(g_pids_a, q_pids_a)
+    first_rank, ap = _market_stats(kernel, dist, q_pids_a, q_cams_a, g_pids_a, g_cams_a, groups)
     nan_rows = np.flatnonzero(first_rank == -2)
     if len(nan_rows):
         raise ValueError(f"distmat contains NaN (row {nan_rows[0]}); distances must be numbers")
@@ -120,25 +103,12 @@ def evaluate(
     if protocol == "market1501":
         ranks = first_rank[valid]
     else:
-        rng = np.random.default_rng(seed)
-        all_ranks = np.empty((nq, num_repeats), dtype=np.int64)
-        for start in range(0, nq, _CUHK03_BLOCK):
-            stop = min(start + _CUHK03_BLOCK, nq)
-            draws = rng.random((stop - start, num_repeats, len(uids)))
-            if kernel is _eval_cy:
-                _eval_cy.cuhk03_ranks(
-                    dist, start, q_cams_a, q_group, g_cams_a, group_order, group_start, draws,
-                    all_ranks[start:stop],
-                )
-            else:
-                all_ranks[start:stop] = _reference.cuhk03_ranks(
-                    dist, start, q_pids_a, q_cams_a, g_pids_a, g_cams_a, group_order,
-                    group_start, q_group, draws,
-                )
+        all_ranks = _cuhk03_ranks(
+            kernel, dist, q_pids_a, q_cams_a, g_pids_a, g_cams_a, groups, num_repeats, seed
+        )
         ranks = all_ranks[valid].ravel()
     hits_at = np.bincount(np.minimum(ranks, max_rank), minlength=max_rank + 1)[:max_rank]
-    cmc = np.cumsum(hits_at) / len(ranks)
-    return cmc, float(ap[valid].mean())
+    return np.cumsum(hits_at) / len(ranks), float(ap[valid].mean())
 
 
 def eval_market1501_wrap(
@@ -161,15 +131,61 @@ def _pick_backend(backend: str):
     return _eval_cy
 
 
-def _gallery_groups(g_pids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Group non-junk gallery items by identity: (sorted pids, indices, group boundaries).
+class _GalleryGroups:
+    """Non-junk gallery items grouped by identity, and each query's group (-1: none).
 
-    Group u is ``indices[bounds[u]:bounds[u + 1]]``, in ascending gallery index.
+    Group u holds pid ``uids[u]``: gallery indices ``order[start[u]:start[u + 1]]``, ascending.
     """
-    order = np.argsort(g_pids, kind="stable")
-    order = order[g_pids[order] != JUNK_PID]
-    uids, starts = np.unique(g_pids[order], return_index=True)
-    return uids, order.astype(np.int64), np.append(starts, len(order)).astype(np.int64)
+
+    def __init__(self, g_pids: np.ndarray, q_pids: np.ndarray):
+        order = np.argsort(g_pids, kind="stable")
+        self.order = order[g_pids[order] != JUNK_PID].astype(np.int64)
+        self.uids, starts = np.unique(g_pids[self.order], return_index=True)
+        self.start = np.append(starts, len(self.order)).astype(np.int64)
+        where = np.searchsorted(self.uids, q_pids)
+        found = where < len(self.uids)
+        found[found] = self.uids[where[found]] == q_pids[found]
+        self.of_query = np.where(found, where, -1)
+
+
+def _market_stats(kernel, dist, q_pids, q_cams, g_pids, g_cams, groups: _GalleryGroups):
+    """Per query: rank of the first valid match (-1 none, -2 NaN in row) and AP."""
+    if kernel is _reference:
+        return _reference.market_stats(dist, q_pids, q_cams, g_pids, g_cams)
+    nq = len(q_pids)
+    has_group = groups.of_query >= 0
+    q_start, q_end = np.zeros(nq, dtype=np.int64), np.zeros(nq, dtype=np.int64)
+    q_start[has_group] = groups.start[groups.of_query[has_group]]
+    q_end[has_group] = groups.start[groups.of_query[has_group] + 1]
+    first_rank, ap = np.empty(nq, dtype=np.int64), np.zeros(nq, dtype=np.float64)
+    kernel.market_stats(
+        dist, q_pids, q_cams, g_pids, g_cams, groups.order, q_start, q_end,
+        int(np.diff(groups.start).max(initial=0)), first_rank, ap,
+    )
+    return first_rank, ap
+
+
+def _cuhk03_ranks(kernel, dist, q_pids, q_cams, g_pids, g_cams, groups, num_repeats, seed):
+    """(queries x repeats) rank of the sampled match in each sampled gallery (-1: no match).
+
+    Both backends get the same draws, taken block by block from one seeded generator.
+    """
+    rng = np.random.default_rng(seed)
+    ranks = np.empty((len(q_pids), num_repeats), dtype=np.int64)
+    for start in range(0, len(q_pids), _CUHK03_BLOCK):
+        stop = min(start + _CUHK03_BLOCK, len(q_pids))
+        draws = rng.random((stop - start, num_repeats, len(groups.uids)))
+        if kernel is _reference:
+            ranks[start:stop] = _reference.cuhk03_ranks(
+                dist, start, q_pids, q_cams, g_pids, g_cams, groups.order, groups.start,
+                groups.of_query, draws,
+            )
+        else:
+            kernel.cuhk03_ranks(
+                dist, start, q_cams, groups.of_query, g_cams, groups.order, groups.start, draws,
+                ranks[start:stop],
+            )
+    return ranks
 
 
 def _as_distmat(distmat: Any) -> np.ndarray:

@@ -1,12 +1,13 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Compiled per-query kernels behind ``eval_lib.evaluate`` (the protocol is documented there).
 
-No gallery row is ever sorted. Only the ranks of a query's true matches matter, and the rank of
-a match is the number of valid gallery items ahead of it in (distance, gallery index) order. So
-per query: sort the few match distances, then make one pass over the row, placing every valid
-non-match among the sorted matches by binary search and histogramming the positions. Items
-behind the last match cannot change any rank and are dropped by a single comparison, which is
-what most of a row is. Queries run in parallel (OpenMP, GIL released) when the build had it.
+No gallery row is ever sorted: only the ranks of a query's true matches matter, and the rank of
+a match is the number of valid gallery items ahead of it in (distance, gallery index) order.
+Per query: collect and sort the few matches; scan the row once, dropping in bulk the blocks
+that lie wholly behind the last match (most of a row, for a trained model) and compacting the
+remaining valid non-matches ("candidates"); then count, per match, the candidates ahead of it
+(a vectorisable pass per match, or a binary search per candidate when there are many matches).
+Queries run in parallel with the GIL released when the build had OpenMP.
 """
 import numpy as np
 
@@ -30,16 +31,25 @@ cdef extern from *:
 # Whether this build runs queries on several threads.
 OPENMP = bool(EVAL_LIB_OPENMP)
 
-# Up to this many matches, counting passes over the candidates beat a binary search each.
-DEF _PASSES_MAX_MATCHES = 64
-
-# Gallery items per block of the scan; a block with no item ahead of the last match is skipped.
-DEF _BLOCK = 8
+cdef enum:
+    # Up to this many matches, counting passes over the candidates beat a binary search each.
+    _PASSES_MAX_MATCHES = 64
+    # Below this many distances (or CUHK03 draws) one thread beats waking a team of threads.
+    _PARALLEL_MIN_WORK = 1 << 18
+    # Gallery items per block of the scan; a block wholly behind the last match is skipped.
+    _BLOCK = 16
 
 ctypedef fused dist_t:
     float
     double
     int64_t
+
+
+cdef inline bint _isnan(dist_t x) noexcept nogil:
+    if dist_t is int64_t:
+        return False
+    else:
+        return x != x
 
 
 cdef inline bint _ahead(dist_t da, int64_t ia, dist_t db, int64_t ib) noexcept nogil:
@@ -77,6 +87,30 @@ cdef void _sort_pairs(dist_t* d, int64_t* idx, int64_t n) noexcept nogil:
         _sift_down(d, idx, 0, end)
 
 
+cdef inline int64_t _count_not_above(const dist_t* x, int64_t n, dist_t t) noexcept nogil:
+    """Number of x[:n] <= t. Counts in 32 bits per chunk: that vectorises twice as wide."""
+    cdef int64_t total = 0, start, j
+    cdef unsigned int c
+    for start in range(0, n, 1 << 30):
+        c = 0
+        for j in range(start, min(start + (1 << 30), n)):
+            c += x[j] <= t
+        total += c
+    return total
+
+
+cdef inline int64_t _count_below(const dist_t* x, int64_t n, dist_t t) noexcept nogil:
+    """Number of x[:n] < t, as above."""
+    cdef int64_t total = 0, start, j
+    cdef unsigned int c
+    for start in range(0, n, 1 << 30):
+        c = 0
+        for j in range(start, min(start + (1 << 30), n)):
+            c += x[j] < t
+        total += c
+    return total
+
+
 cdef void _count_by_passes(const dist_t* cd, const int64_t* ci, int64_t nc, const dist_t* md,
                            const int64_t* mi, int64_t m, int64_t* ahead) noexcept nogil:
     """ahead[k] = candidates ahead of match k, one vectorisable counting pass per match.
@@ -84,11 +118,8 @@ cdef void _count_by_passes(const dist_t* cd, const int64_t* ci, int64_t nc, cons
     Candidates are in index order, so a tie with match k is ahead exactly in the prefix of
     candidates with a lower index: count <= there and < after it.
     """
-    cdef int64_t k, j, lo, hi, mid
-    cdef unsigned int c
-    cdef dist_t t
+    cdef int64_t k, lo, hi, mid
     for k in range(m):
-        t = md[k]
         lo = 0
         hi = nc
         while lo < hi:
@@ -97,12 +128,7 @@ cdef void _count_by_passes(const dist_t* cd, const int64_t* ci, int64_t nc, cons
                 lo = mid + 1
             else:
                 hi = mid
-        c = 0
-        for j in range(lo):
-            c += cd[j] <= t
-        for j in range(lo, nc):
-            c += cd[j] < t
-        ahead[k] = c
+        ahead[k] = _count_not_above(cd, lo, md[k]) + _count_below(cd + lo, nc - lo, md[k])
 
 
 cdef void _count_by_search(const dist_t* cd, const int64_t* ci, int64_t nc, const dist_t* md,
@@ -137,7 +163,7 @@ cdef int64_t _market_query(const dist_t* row, int64_t ng, int64_t qpid, int64_t 
     md/mi hold the matches, cd/ci the candidates: valid non-matches not behind the last match.
     """
     cdef int64_t m = 0, nc = 0, k, j, i, start, stop
-    cdef bint near
+    cdef bint near, nan = False
     cdef dist_t d, dlast
     cdef double s = 0.0
     for k in range(gs, ge):
@@ -149,27 +175,29 @@ cdef int64_t _market_query(const dist_t* row, int64_t ng, int64_t qpid, int64_t 
     if m == 0:
         return -1
     for k in range(m):
-        if md[k] != md[k]:
+        if _isnan(md[k]):
             return -2
     _sort_pairs(md, mi, m)
     dlast = md[m - 1]
-    for start in range(0, ng, _BLOCK):
+    stop = 0
+    while stop < ng:
+        start = stop
         stop = min(start + _BLOCK, ng)
         # A vectorisable test first: most blocks lie wholly behind the last match.
-        near = 0
+        near = False
         for i in range(start, stop):
             near |= not (row[i] > dlast)
         if not near:
             continue
+        # Branch-free compaction: always write, advance only for a candidate.
         for i in range(start, stop):
             d = row[i]
-            if d > dlast:
-                continue
-            if d != d:
-                return -2
+            nan |= _isnan(d)
             cd[nc] = d
             ci[nc] = i
-            nc += (g_pids[i] != qpid) & (g_pids[i] != -1)
+            nc += (not (d > dlast)) & (g_pids[i] != qpid) & (g_pids[i] != -1)
+    if nan:
+        return -2
     if m <= _PASSES_MAX_MATCHES:
         _count_by_passes(cd, ci, nc, md, mi, m, ahead)
     else:
@@ -191,7 +219,8 @@ def market_stats(const dist_t[:, ::1] distmat, const int64_t[::1] q_pids,
     all with q's pid) seen by another camera; max_group bounds any group's size.
     """
     cdef int64_t nq = distmat.shape[0], ng = distmat.shape[1], q
-    cdef int nthreads = eval_lib_max_threads(), tid
+    cdef int nthreads = eval_lib_max_threads() if nq * ng >= _PARALLEL_MIN_WORK else 1
+    cdef int tid = 0
     cdef int64_t width = max(max_group, 1)
     if dist_t is float:
         buf_dtype = np.float32
@@ -229,7 +258,8 @@ def cuhk03_ranks(const dist_t[:, ::1] distmat, int64_t q_offset, const int64_t[:
     cdef int64_t b, r, u, k, j, m, size, gm, idx, count, g, qcam, nmax = 0
     cdef const dist_t* row
     cdef dist_t dm
-    cdef int nthreads = eval_lib_max_threads(), tid
+    cdef int nthreads = eval_lib_max_threads() if nb * nr * ngroups >= _PARALLEL_MIN_WORK else 1
+    cdef int tid = 0
     for u in range(ngroups):
         nmax = max(nmax, group_start[u + 1] - group_start[u])
     cdef int64_t[:, ::1] mi = np.empty((nthreads, max(nmax, 1)), dtype=np.int64)

@@ -51,25 +51,24 @@ def cuhk03_ranks(
     For query ``q_offset + b`` and repeat ``r``, identity group ``u`` contributes its valid
     member ``floor(draws[b, r, u] * n_valid)`` (members in ascending gallery index).
     """
-    nb, nr, ngroups = draws.shape
+    nb, nr, _ = draws.shape
+    sizes = np.diff(group_start)
     ranks = np.full((nb, nr), -1, dtype=np.int64)
     for b in range(nb):
-        q = q_offset + b
-        if q_group[q] < 0:
+        q, g = q_offset + b, q_group[q_offset + b]
+        if g < 0:
             continue
-        members = []
-        for u in range(ngroups):
-            group = group_order[group_start[u] : group_start[u + 1]]
-            if u == q_group[q]:
-                group = group[g_cams[group] != q_cams[q]]
-            members.append(group)
-        if len(members[q_group[q]]) == 0:
+        own = group_order[group_start[g] : group_start[g + 1]]
+        own = own[g_cams[own] != q_cams[q]]
+        if len(own) == 0:
             continue
+        n_valid = sizes.copy()
+        n_valid[g] = len(own)
+        choice = np.minimum((draws[b] * n_valid).astype(np.int64), n_valid - 1)
+        picks = group_order[group_start[:-1] + choice]
+        picks[:, g] = own[choice[:, g]]
         for r in range(nr):
-            picks = []
-            for u, group in enumerate(members):
-                picks.append(group[min(int(draws[b, r, u] * len(group)), len(group) - 1)])
-            sampled = np.sort(np.array(picks))
+            sampled = np.sort(picks[r])
             order = sampled[np.argsort(distmat[q, sampled], kind="stable")]
             ranks[b, r] = np.flatnonzero(g_pids[order] == q_pids[q])[0]
     return ranks

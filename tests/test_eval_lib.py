@@ -167,6 +167,16 @@ def test_distance_dtypes(dtype):
     check_against_naive(problem, 30)
 
 
+def test_infinite_distances_match_naive():
+    rng = np.random.default_rng(11)
+    for _ in range(10):
+        distmat, *ids = random_problem(rng, 10, 50, 4, 3, "float64")
+        distmat[rng.random(distmat.shape) < 0.2] = np.inf
+        distmat[rng.random(distmat.shape) < 0.1] = -np.inf
+        for backend in ("compiled", "numpy"):
+            check_against_naive((distmat, *ids), 20, backend=backend)
+
+
 def test_id_vectors_accept_integer_valued_floats_and_lists():
     rng = np.random.default_rng(7)
     distmat, q_pids, g_pids, q_cams, g_cams = random_problem(rng, 10, 40, 4, 3)
@@ -274,6 +284,7 @@ def test_error_when_no_query_has_a_valid_match():
         (dict(max_rank=2.5), "max_rank must be a positive integer"),
         (dict(num_repeats=0), "num_repeats must be a positive integer"),
         (dict(protocol="market"), "protocol must be one of"),
+        (dict(seed=-1), "seed must be a non-negative integer"),
         (dict(backend="fast"), "backend must be one of"),
         (dict(distmat=[[0.1, np.nan, 0.3, 0.4], [0.1, 0.2, 0.3, 0.4]]), "NaN"),
     ],
