@@ -18,7 +18,7 @@ def _openmp_flags(compiler) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "omp_check.c")
         with open(src, "w") as f:
-            f.write("#include <omp.h>\nint main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
+            f.write("#include <omp.h>\nint main(void) { return omp_get_max_threads() < 1; }\n")
         try:
             objs = compiler.compile([src], output_dir=tmp, extra_postargs=[flag])
             compiler.link_executable(objs, "omp_check", output_dir=tmp, extra_postargs=[flag])
