@@ -25,7 +25,7 @@ from datasets.market1501 import JUNK_PID
 from datasets.noise import (pattern_noise, random_noise, save_noise,
                             second_labels_from_logits)
 from datasets.pipeline import (CachedBatches, LoaderBatches, cache_fits, decoded_split,
-                               default_cache_dir, epoch_seed, resize_hw, test_transform,
+                               default_cache_dir, epoch_seed, resize_hw, eval_transform,
                                train_transform)
 from eval_utils import EVAL_PROTOCOLS, TestSet, get_test_acc, test_identities
 from model import ARCHS, build_model
@@ -138,16 +138,20 @@ def pick_device(args: argparse.Namespace) -> torch.device:
     return torch.device(f"cuda:{args.gpu}" if args.gpu is not None else "cuda")
 
 
-def prepare_demo_data(data_dir: Path) -> None:
+def prepare_demo_data(data_dir: Path, workers: int) -> None:
     """Generate (once) the synthetic download and prepare it exactly as a real one."""
-    from datasets.synthetic import make_synthetic_market
+    from datasets.market1501 import DOWNLOAD_FOLDER
+    from datasets.synthetic import make_preset
     from prepare_market import prepare
-    prepared = data_dir / "market"
-    if (prepared / "gallery").is_dir():
+    ready = data_dir / ".demo_ready"
+    if ready.is_file():
         return
-    print(f"demo: generating a synthetic Market-1501-shaped download in {data_dir} (once)")
-    download = make_synthetic_market(data_dir, preset="demo")
-    prepare(download, prepared)
+    download = data_dir / DOWNLOAD_FOLDER
+    if not download.is_dir():
+        print(f"demo: writing a synthetic Market-1501-shaped download to {download} (once)")
+        make_preset(data_dir, "demo", workers=max(1, workers), progress=True)
+    prepare(download, data_dir / "market")  # completes an interrupted earlier attempt
+    ready.touch()
 
 
 @dataclass
@@ -183,7 +187,7 @@ def load_data(args: argparse.Namespace, device: torch.device) -> RunData:
             images = decoded_split(dataset, size, default_cache_dir(dataset), args.workers)
             return CachedBatches(torch.from_numpy(images).to(device), batch,
                                  crop if training else None)
-        transform = train_transform(crop) if training else test_transform(crop)
+        transform = train_transform(crop) if training else eval_transform(crop)
         return LoaderBatches(dataset, transform, batch, training, args.workers, device)
 
     def test_set(dataset: ReIDFolder) -> TestSet:
@@ -219,7 +223,7 @@ def inject_noise(args: argparse.Namespace, data: RunData, device: torch.device):
                               clean_args["head_act"], clean_args["dropout"])
     clean_model.load_state_dict(state["networks"][0])
     crop = tuple(clean_args["img_size"])
-    batches = LoaderBatches(data.train_dataset, test_transform(crop), 4 * args.batchsize,
+    batches = LoaderBatches(data.train_dataset, eval_transform(crop), 4 * args.batchsize,
                             False, args.workers, device)
     logits = predict_logits(clean_model.to(device), batches)
     second = second_labels_from_logits(logits, data.true_labels)
@@ -417,7 +421,7 @@ def train(args: argparse.Namespace, method: str) -> dict:
     amp = args.amp == "on" or (args.amp == "auto" and device.type == "cuda")
     channels_last = device.type == "cuda"
     if args.demo:
-        prepare_demo_data(Path(args.data_dir))
+        prepare_demo_data(Path(args.data_dir), args.workers)
     run_dir, ckpt = resolve_run(args, args.run_name or run_name(args))
     data = load_data(args, device)
 

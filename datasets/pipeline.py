@@ -45,7 +45,7 @@ def train_transform(crop_hw: Sequence[int]) -> T.Compose:
                       T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def test_transform(crop_hw: Sequence[int]) -> T.Compose:
+def eval_transform(crop_hw: Sequence[int]) -> T.Compose:
     """Test images are resized straight to the crop size."""
     return T.Compose([T.Resize(tuple(crop_hw), interpolation=T.InterpolationMode.BICUBIC),
                       T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])

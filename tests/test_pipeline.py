@@ -4,7 +4,7 @@ import torch
 
 from datasets import load_split
 from datasets.pipeline import (CachedBatches, LoaderBatches, decoded_split, resize_hw,
-                               test_transform)
+                               eval_transform)
 
 CROP = (32, 16)
 CPU = torch.device("cpu")
@@ -14,7 +14,7 @@ def test_cached_test_batches_equal_the_pil_path_bit_for_bit(prepared_market, tmp
     query = load_split(prepared_market.parent, "market", "query")
     images = decoded_split(query, CROP, tmp_path / "cache", workers=0)
     cached = torch.cat([x for x, _ in CachedBatches(torch.from_numpy(images), 7, None).batches()])
-    loader = LoaderBatches(query, test_transform(CROP), 7, False, 0, CPU)
+    loader = LoaderBatches(query, eval_transform(CROP), 7, False, 0, CPU)
     reference = torch.cat([x for x, _ in loader.batches()])
     assert cached.shape == reference.shape == (len(query), 3, *CROP)
     assert torch.equal(cached, reference)
