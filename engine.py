@@ -24,9 +24,9 @@ from datasets.folder import ReIDFolder
 from datasets.market1501 import JUNK_PID
 from datasets.noise import (pattern_noise, random_noise, save_noise,
                             second_labels_from_logits)
-from datasets.pipeline import (CachedBatches, LoaderBatches, cache_fits, decoded_split,
-                               default_cache_dir, epoch_seed, resize_hw, eval_transform,
-                               train_transform)
+from datasets.pipeline import (CachedBatches, LoaderBatches, cache_fits, centre_transform,
+                               decoded_split, default_cache_dir, epoch_seed, eval_transform,
+                               resize_hw, train_transform)
 from eval_utils import EVAL_PROTOCOLS, TestSet, get_test_acc, test_identities
 from model import ARCHS, build_model
 from recorder import RunRecorder, finite, format_scores
@@ -99,8 +99,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 
 # The built-in demo: a small synthetic Market-shaped dataset, a small network from scratch.
 DEMO_DEFAULTS = dict(data_dir="./demo_data", arch="resnet18", pretrained="none",
-                     img_size=[64, 32], noise_ratio=0.2, epochs=24, milestones=[16, 22],
-                     stage1_epochs=8, lr=0.05, eval_every=4, workers=2)
+                     img_size=[64, 32], noise_ratio=0.2, epochs=28, milestones=[20, 25],
+                     stage1_epochs=20, eval_every=7, workers=2)
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None):
@@ -156,8 +156,8 @@ def prepare_demo_data(data_dir: Path, workers: int) -> None:
 
 @dataclass
 class RunData:
-    train: CachedBatches | LoaderBatches
-    train_dataset: ReIDFolder
+    train: CachedBatches | LoaderBatches       # augmented, shuffled: what the networks learn on
+    train_plain: CachedBatches | LoaderBatches  # the same images in order, not augmented
     true_labels: np.ndarray
     num_classes: int
     query: TestSet
@@ -180,23 +180,29 @@ def load_data(args: argparse.Namespace, device: torch.device) -> RunData:
     if args.data_path == "auto" and not use_cache:
         print("note: the image cache does not fit in memory; using the PIL/DataLoader path")
 
-    def pipeline(dataset: ReIDFolder, training: bool):
-        batch = args.batchsize if training else 4 * args.batchsize
-        if use_cache:
-            size = resize_hw(crop) if training else crop
-            images = decoded_split(dataset, size, default_cache_dir(dataset), args.workers)
-            return CachedBatches(torch.from_numpy(images).to(device), batch,
-                                 crop if training else None)
-        transform = train_transform(crop) if training else eval_transform(crop)
-        return LoaderBatches(dataset, transform, batch, training, args.workers, device)
+    def cached(dataset: ReIDFolder, size: tuple[int, int]) -> torch.Tensor:
+        images = decoded_split(dataset, size, default_cache_dir(dataset), args.workers)
+        return torch.from_numpy(images).to(device)
 
     def test_set(dataset: ReIDFolder) -> TestSet:
         pids, camids = test_identities(dataset.pids, dataset.camids, dataset.classes,
                                        dataset.targets, [p.name for p in dataset.paths],
                                        args.eval_protocol)
-        return TestSet(pipeline(dataset, False), pids, camids)
+        batches = (CachedBatches(cached(dataset, crop), 4 * args.batchsize) if use_cache else
+                   LoaderBatches(dataset, eval_transform(crop), 4 * args.batchsize, False,
+                                 args.workers, device))
+        return TestSet(batches, pids, camids)
 
-    return RunData(pipeline(train, True), train, train.targets.astype(np.int64),
+    if use_cache:  # one copy of the training images serves both views
+        images = cached(train, resize_hw(crop))
+        train_batches = CachedBatches(images, args.batchsize, crop, augment=True)
+        train_plain = CachedBatches(images, 4 * args.batchsize, crop)
+    else:
+        train_batches = LoaderBatches(train, train_transform(crop), args.batchsize, True,
+                                      args.workers, device)
+        train_plain = LoaderBatches(train, centre_transform(crop),
+                                    4 * args.batchsize, False, args.workers, device)
+    return RunData(train_batches, train_plain, train.targets.astype(np.int64),
                    train.num_classes, test_set(query), test_set(gallery))
 
 
@@ -222,19 +228,26 @@ def inject_noise(args: argparse.Namespace, data: RunData, device: torch.device):
     clean_model = build_model(clean_args["arch"], data.num_classes, "none",
                               clean_args["head_act"], clean_args["dropout"])
     clean_model.load_state_dict(state["networks"][0])
-    crop = tuple(clean_args["img_size"])
-    batches = LoaderBatches(data.train_dataset, eval_transform(crop), 4 * args.batchsize,
-                            False, args.workers, device)
-    logits = predict_logits(clean_model.to(device), batches)
-    second = second_labels_from_logits(logits, data.true_labels)
+    logits = predict(clean_model.to(device), data.train_plain)
+    second = second_labels_from_logits(logits.cpu().numpy(), data.true_labels)
     return pattern_noise(data.true_labels, args.noise_ratio, second, args.seed)
 
 
 @torch.inference_mode()
-def predict_logits(model: torch.nn.Module, batches: LoaderBatches) -> np.ndarray:
-    """Class logits of every image of ``batches`` in order, in eval mode."""
+def predict(model: torch.nn.Module, batches: CachedBatches | LoaderBatches, amp: bool = False,
+            channels_last: bool = False) -> torch.Tensor:
+    """Class logits (float32, on the device) of every image of ``batches``, in eval mode."""
+    was_training = model.training
     model.eval()
-    return torch.cat([model(x).float().cpu() for x, _ in batches.batches()]).numpy()
+    out = []
+    device = next(model.parameters()).device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        for x, _ in batches.batches():
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out.append(model(x).float())
+    model.train(was_training)
+    return torch.cat(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,11 +306,11 @@ def method_losses(args: argparse.Namespace, method: str, epoch: int,
 # One epoch
 
 def train_one_epoch(args: argparse.Namespace, method: str, epoch: int, peers: list[Peer],
-                    data: RunData, noisy: torch.Tensor, refined: torch.Tensor,
-                    amp: bool, channels_last: bool) -> tuple[list[float], list[float], int]:
-    """Train every peer on the same batches; returns (mean loss, train accuracy) per network
-    and the number of images seen. ``refined[k, i]`` becomes network k's prediction for sample
-    i. Statistics accumulate on the device and are read once at the end (no per-step sync)."""
+                    data: RunData, noisy: torch.Tensor, amp: bool,
+                    channels_last: bool) -> tuple[list[float], list[float], int]:
+    """Train every peer on the same batches; returns (mean loss, train accuracy against the
+    annotated labels) per network and the number of images seen. Statistics accumulate on the
+    device and are read once at the end (no per-step host sync)."""
     for p in peers:
         p.model.train()
     device = noisy.device
@@ -324,7 +337,6 @@ def train_one_epoch(args: argparse.Namespace, method: str, epoch: int, peers: li
             p.optimizer.step()
         with torch.no_grad():
             preds = torch.stack([out.argmax(dim=1) for out in logits])
-            refined[:, index] = preds
             loss_sum += torch.stack([loss.detach() for loss in batch_losses]) * len(index)
             correct += (preds == labels).sum(dim=1)
         seen += len(index)
@@ -340,6 +352,8 @@ def label_diagnostics(refined: np.ndarray, true: np.ndarray, noisy: np.ndarray,
                       is_clean: np.ndarray) -> dict[str, Optional[float]]:
     """How good a network's refined labels are, which we can tell because we injected the noise.
 
+    ``refined`` is the network's prediction (eval mode, no augmentation) for each training
+    sample, after the epoch.
     label_precision: refined label == true label, over all samples; label_precision_clean: the
     same over originally clean samples; noisy_corrected: over originally noisy samples (the
     fraction of wrong labels the network has corrected); noisy_memorized: originally noisy
@@ -436,7 +450,6 @@ def train(args: argparse.Namespace, method: str) -> dict:
     injected_precision = float((noisy == data.true_labels).mean())
 
     peers = build_peers(args, count, data.num_classes, device, channels_last)
-    refined = torch.as_tensor(np.tile(noisy, (count, 1)), device=device)
     start_epoch = 0
     if state is not None:
         for p, net_state, opt_state, lam in zip(peers, state["networks"], state["optimizers"],
@@ -444,7 +457,6 @@ def train(args: argparse.Namespace, method: str) -> dict:
             p.net.load_state_dict(net_state)
             p.optimizer.load_state_dict(opt_state)
             p.lam = lam
-        refined = torch.as_tensor(state["refined"], device=device)
         start_epoch = state["epoch"] + 1
     noisy_dev = torch.as_tensor(noisy, device=device)
 
@@ -473,16 +485,16 @@ def train(args: argparse.Namespace, method: str) -> dict:
                  "co-refining" if method == "core" else "baseline")
         tic = time.time()
         mean_loss, train_acc, seen = train_one_epoch(args, method, epoch, peers, data,
-                                                     noisy_dev, refined, amp, channels_last)
+                                                     noisy_dev, amp, channels_last)
         epoch_time = time.time() - tic
         if not all(finite(x) for x in mean_loss):
             raise UserError(f"training diverged at epoch {epoch} (loss {mean_loss}); lower --lr")
-        refined_np = refined.cpu().numpy()
         networks = []
         for k, p in enumerate(peers):
+            refined = predict(p.net, data.train_plain, amp, channels_last).argmax(dim=1)
             networks.append({"loss": mean_loss[k], "train_acc": train_acc[k], "lambda": p.lam,
-                             **label_diagnostics(refined_np[k], data.true_labels, noisy,
-                                                 is_clean)})
+                             **label_diagnostics(refined.cpu().numpy(), data.true_labels,
+                                                 noisy, is_clean)})
             p.lam = losses.next_lambda(mean_loss[k])
 
         scores = {}
@@ -506,7 +518,7 @@ def train(args: argparse.Namespace, method: str) -> dict:
                       "num_classes": data.num_classes,
                       "networks": [p.net.state_dict() for p in peers],
                       "optimizers": [p.optimizer.state_dict() for p in peers],
-                      "lambdas": [p.lam for p in peers], "refined": refined_np,
+                      "lambdas": [p.lam for p in peers],
                       "noisy_labels": noisy, "is_clean": is_clean,
                       "true_labels": data.true_labels, "history": rec.history,
                       "rng": rng_states()}

@@ -13,6 +13,7 @@ epoch sees exactly the batches an uninterrupted run would.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from multiprocessing import Pool
@@ -51,6 +52,14 @@ def eval_transform(crop_hw: Sequence[int]) -> T.Compose:
                       T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
+def centre_transform(crop_hw: Sequence[int]) -> T.Compose:
+    """Training images without augmentation (the centre crop of the training resize): what
+    the label diagnostics and patterned noise ask the network about."""
+    return T.Compose([T.Resize(resize_hw(crop_hw), interpolation=T.InterpolationMode.BICUBIC),
+                      T.CenterCrop(tuple(crop_hw)), T.ToTensor(),
+                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """A well-mixed 63-bit seed for one epoch of one run."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0] >> 1)
@@ -61,6 +70,7 @@ class LoaderBatches:
 
     def __init__(self, dataset: ReIDFolder, transform: T.Compose, batch_size: int, train: bool,
                  workers: int, device: torch.device):
+        dataset = copy.copy(dataset)  # its own transform; the caller's dataset is unchanged
         dataset.transform = transform
         self.dataset, self.batch_size, self.train = dataset, batch_size, train
         self.workers, self.device = workers, device
@@ -83,10 +93,12 @@ class LoaderBatches:
 class CachedBatches:
     """Batches cut from a uint8 NHWC tensor that holds the whole split on the device."""
 
-    def __init__(self, images: torch.Tensor, batch_size: int, crop_hw: Optional[Sequence[int]]):
-        """``crop_hw`` set: random crop + flip + shuffle (training); None: in order, as is."""
-        self.images, self.batch_size = images, batch_size
-        self.crop_hw = tuple(crop_hw) if crop_hw is not None else None
+    def __init__(self, images: torch.Tensor, batch_size: int,
+                 crop_hw: Optional[Sequence[int]] = None, augment: bool = False):
+        """``augment``: shuffled, random ``crop_hw`` crops, random flips (training). Otherwise
+        in order, centre-cropped to ``crop_hw`` (or whole when it is None)."""
+        self.images, self.batch_size, self.augment = images, batch_size, augment
+        self.crop_hw = tuple(crop_hw) if crop_hw is not None else tuple(images.shape[1:3])
         device = images.device
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
@@ -101,15 +113,17 @@ class CachedBatches:
 
     def batches(self, seed: int = 0) -> Iterator[Batch]:
         n, device = len(self.images), self.images.device
-        if self.crop_hw is None:
+        full_h, full_w = self.images.shape[1:3]
+        h, w = self.crop_hw
+        if not self.augment:
+            top, left = round((full_h - h) / 2), round((full_w - w) / 2)  # as CenterCrop
             for start in range(0, n, self.batch_size):
-                index = torch.arange(start, min(start + self.batch_size, n), device=device)
-                yield self.normalise(self.images[index]), index
+                crops = self.images[start:start + self.batch_size, top:top + h, left:left + w]
+                yield self.normalise(crops), torch.arange(start, start + len(crops),
+                                                          device=device)
             return
         # One draw per epoch for order, crop offsets and flips: no host sync inside the loop.
         g = torch.Generator(device=device).manual_seed(seed)
-        full_h, full_w = self.images.shape[1:3]
-        h, w = self.crop_hw
         order = torch.randperm(n, generator=g, device=device)
         top = torch.randint(0, full_h - h + 1, (n,), generator=g, device=device)
         left = torch.randint(0, full_w - w + 1, (n,), generator=g, device=device)

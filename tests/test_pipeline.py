@@ -3,8 +3,8 @@ import numpy as np
 import torch
 
 from datasets import load_split
-from datasets.pipeline import (CachedBatches, LoaderBatches, decoded_split, resize_hw,
-                               eval_transform)
+from datasets.pipeline import (CachedBatches, LoaderBatches, centre_transform, decoded_split,
+                               eval_transform, resize_hw)
 
 CROP = (32, 16)
 CPU = torch.device("cpu")
@@ -13,7 +13,7 @@ CPU = torch.device("cpu")
 def test_cached_test_batches_equal_the_pil_path_bit_for_bit(prepared_market, tmp_path):
     query = load_split(prepared_market.parent, "market", "query")
     images = decoded_split(query, CROP, tmp_path / "cache", workers=0)
-    cached = torch.cat([x for x, _ in CachedBatches(torch.from_numpy(images), 7, None).batches()])
+    cached = torch.cat([x for x, _ in CachedBatches(torch.from_numpy(images), 7).batches()])
     loader = LoaderBatches(query, eval_transform(CROP), 7, False, 0, CPU)
     reference = torch.cat([x for x, _ in loader.batches()])
     assert cached.shape == reference.shape == (len(query), 3, *CROP)
@@ -34,7 +34,7 @@ def test_training_crops_are_crops_or_mirrored_crops_of_the_cached_image(prepared
                                                                          tmp_path):
     train = load_split(prepared_market.parent, "market", "train")
     full = decoded_split(train, resize_hw(CROP), tmp_path, workers=0)
-    batches = CachedBatches(torch.from_numpy(full), 8, CROP)
+    batches = CachedBatches(torch.from_numpy(full), 8, CROP, augment=True)
     mean = batches.mean.view(3)
     std = batches.std.view(3)
     seen, flipped = [], 0
@@ -58,9 +58,18 @@ def test_training_crops_are_crops_or_mirrored_crops_of_the_cached_image(prepared
 def test_same_seed_same_batches_different_seed_different(prepared_market, tmp_path):
     train = load_split(prepared_market.parent, "market", "train")
     images = torch.from_numpy(decoded_split(train, resize_hw(CROP), tmp_path, workers=0))
-    batches = CachedBatches(images, 8, CROP)
+    batches = CachedBatches(images, 8, CROP, augment=True)
     a = [(x.clone(), i.clone()) for x, i in batches.batches(seed=5)]
     b = [(x.clone(), i.clone()) for x, i in batches.batches(seed=5)]
     c = [(x.clone(), i.clone()) for x, i in batches.batches(seed=6)]
     assert all(torch.equal(x, y) and torch.equal(i, j) for (x, i), (y, j) in zip(a, b))
     assert not all(torch.equal(i, j) for (_, i), (_, j) in zip(a, c))
+
+
+def test_unaugmented_training_view_equals_the_pil_centre_crop(prepared_market, tmp_path):
+    train = load_split(prepared_market.parent, "market", "train")
+    images = torch.from_numpy(decoded_split(train, resize_hw(CROP), tmp_path, workers=0))
+    cached = torch.cat([x for x, _ in CachedBatches(images, 5, CROP).batches()])
+    loader = LoaderBatches(train, centre_transform(CROP), 5, False, 0, CPU)
+    assert torch.equal(cached, torch.cat([x for x, _ in loader.batches()]))
+    assert train.transform is None  # the pipeline did not change the caller's dataset
