@@ -27,7 +27,7 @@ from datasets.noise import (pattern_noise, random_noise, save_noise,
 from datasets.pipeline import (CachedBatches, LoaderBatches, cache_fits, centre_transform,
                                decoded_split, default_cache_dir, epoch_seed, eval_transform,
                                resize_hw, train_transform)
-from eval_utils import EVAL_PROTOCOLS, TestSet, get_test_acc, test_identities
+from eval_utils import EVAL_PROTOCOLS, EvalSet, get_test_acc, scoring_identities
 from model import ARCHS, build_model
 from recorder import RunRecorder, finite, format_scores
 from utils import UserError
@@ -160,8 +160,8 @@ class RunData:
     train_plain: CachedBatches | LoaderBatches  # the same images in order, not augmented
     true_labels: np.ndarray
     num_classes: int
-    query: TestSet
-    gallery: TestSet
+    query: EvalSet
+    gallery: EvalSet
 
 
 def load_data(args: argparse.Namespace, device: torch.device) -> RunData:
@@ -184,14 +184,14 @@ def load_data(args: argparse.Namespace, device: torch.device) -> RunData:
         images = decoded_split(dataset, size, default_cache_dir(dataset), args.workers)
         return torch.from_numpy(images).to(device)
 
-    def test_set(dataset: ReIDFolder) -> TestSet:
-        pids, camids = test_identities(dataset.pids, dataset.camids, dataset.classes,
+    def test_set(dataset: ReIDFolder) -> EvalSet:
+        pids, camids = scoring_identities(dataset.pids, dataset.camids, dataset.classes,
                                        dataset.targets, [p.name for p in dataset.paths],
                                        args.eval_protocol)
         batches = (CachedBatches(cached(dataset, crop), 4 * args.batchsize) if use_cache else
                    LoaderBatches(dataset, eval_transform(crop), 4 * args.batchsize, False,
                                  args.workers, device))
-        return TestSet(batches, pids, camids)
+        return EvalSet(batches, pids, camids)
 
     if use_cache:  # one copy of the training images serves both views
         images = cached(train, resize_hw(crop))
@@ -219,7 +219,7 @@ def inject_noise(args: argparse.Namespace, data: RunData, device: torch.device):
             f"--method baseline --noise_ratio 0 --dataset {args.dataset} --data_dir "
             f"{args.data_dir} --output_dir {args.output_dir}   and then pass --pattern_model "
             f"{Path(args.output_dir) / run_name(clean) / 'last.pt'}")
-    state = torch.load(args.pattern_model, map_location="cpu", weights_only=False)
+    state = read_checkpoint(Path(args.pattern_model), "--pattern_model")
     clean_args = state["args"]
     if state["num_classes"] != data.num_classes:
         raise UserError(f"--pattern_model {args.pattern_model}: trained on "
@@ -406,12 +406,21 @@ def rng_states() -> dict:
     return states
 
 
-def load_checkpoint(path: Path, args: argparse.Namespace, method: str,
-                    num_classes: int) -> dict:
+def read_checkpoint(path: Path, flag: str) -> dict:
+    """A checkpoint written by this project, or a UserError naming ``flag``."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
-        raise UserError(f"--resume {path}: cannot read the checkpoint ({err})") from None
+        raise UserError(f"{flag} {path}: cannot read the checkpoint ({err})") from None
+    if not isinstance(state, dict) or "networks" not in state:
+        raise UserError(f"{flag} {path}: not a checkpoint of train_self.py / train_core.py")
+    return state
+
+
+def load_checkpoint(path: Path, args: argparse.Namespace, method: str,
+                    num_classes: int) -> dict:
+    """The checkpoint to resume, checked against this command's settings."""
+    state = read_checkpoint(path, "--resume")
     if state["method"] != method or state["num_classes"] != num_classes:
         raise UserError(f"--resume {path}: a {state['method']} run on {state['num_classes']} "
                         f"classes cannot continue as {method} on {num_classes}")

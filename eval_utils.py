@@ -25,7 +25,7 @@ _JUNK_AS_NEGATIVE = -2
 
 
 @dataclass
-class TestSet:
+class EvalSet:
     """One test split ready for extraction: its batches and each image's identity and camera."""
     batches: Union[CachedBatches, LoaderBatches]
     pids: np.ndarray
@@ -35,7 +35,7 @@ class TestSet:
         return len(self.pids)
 
 
-def test_identities(pids: np.ndarray, camids: np.ndarray, class_names: list[str],
+def scoring_identities(pids: np.ndarray, camids: np.ndarray, class_names: list[str],
                     targets: np.ndarray, file_names: list[str],
                     protocol: str) -> tuple[np.ndarray, np.ndarray]:
     """The (pids, camids) a protocol scores with.
@@ -54,7 +54,7 @@ def test_identities(pids: np.ndarray, camids: np.ndarray, class_names: list[str]
     return folder_pids, cams
 
 
-def extract_features(model: torch.nn.Module, test_set: TestSet, device: torch.device,
+def extract_features(model: torch.nn.Module, test_set: EvalSet, device: torch.device,
                      amp: bool = False, channels_last: bool = False,
                      desc: str = "features") -> torch.Tensor:
     """L2-normalised pool5(image) + pool5(flipped image) for every image, in order (on device)."""
@@ -74,8 +74,8 @@ def extract_features(model: torch.nn.Module, test_set: TestSet, device: torch.de
     return F.normalize(torch.cat(feats), dim=1)
 
 
-def score(query_feats: torch.Tensor, gallery_feats: torch.Tensor, query: TestSet,
-          gallery: TestSet) -> dict[str, float]:
+def score(query_feats: torch.Tensor, gallery_feats: torch.Tensor, query: EvalSet,
+          gallery: EvalSet) -> dict[str, float]:
     """rank-1/5/10 and mAP (fractions in [0, 1]) for distance = negative cosine similarity."""
     distmat = (-(query_feats @ gallery_feats.T)).float().cpu().numpy()
     cmc, mean_ap = eval_lib.evaluate(distmat, query.pids, gallery.pids, query.camids,
@@ -84,7 +84,7 @@ def score(query_feats: torch.Tensor, gallery_feats: torch.Tensor, query: TestSet
             "rank10": float(cmc[min(9, len(cmc) - 1)]), "mAP": float(mean_ap)}
 
 
-def get_test_acc(model: torch.nn.Module, query: TestSet, gallery: TestSet,
+def get_test_acc(model: torch.nn.Module, query: EvalSet, gallery: EvalSet,
                  device: torch.device, amp: bool = False,
                  channels_last: bool = False) -> dict[str, float]:
     """Extract query and gallery features with ``model`` and score them (the released entry

@@ -10,11 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import load_data, pick_device  # noqa: E402
+from engine import load_data, pick_device, read_checkpoint  # noqa: E402
 from eval_utils import EVAL_PROTOCOLS, get_test_acc  # noqa: E402
 from model import build_model  # noqa: E402
 from recorder import format_scores  # noqa: E402
@@ -31,7 +29,7 @@ def main() -> None:
     cli = parser.parse_args()
     if not Path(cli.checkpoint).is_file():
         raise UserError(f"--checkpoint {cli.checkpoint}: no such file")
-    state = torch.load(cli.checkpoint, map_location="cpu", weights_only=False)
+    state = read_checkpoint(Path(cli.checkpoint), "--checkpoint")
     args = argparse.Namespace(**state["args"])
     args.device, args.gpu = cli.device, None
     args.data_dir = cli.data_dir or args.data_dir

@@ -100,7 +100,7 @@ PRESETS: dict[str, SyntheticSpec] = {
     # For the test suite: a few hundred KB, well under a second.
     "tiny": SyntheticSpec(num_train_ids=8, num_test_ids=6, images_per_id=5, num_cams=3),
     # The training demo's default: learnable in minutes on 2 CPUs.
-    "demo": SyntheticSpec(num_train_ids=60, num_test_ids=60, images_per_id=12),
+    "demo": SyntheticSpec(num_train_ids=40, num_test_ids=60, images_per_id=18),
     # Market-1501's counts (OFFICIAL_COUNTS): 751 train ids / 12,936 images, 750 test ids,
     # 3,368 queries, 19,732 gallery images with 2,793 distractors and 3,819 junk.
     "market": SyntheticSpec(

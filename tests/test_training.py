@@ -144,3 +144,27 @@ def test_offline_imagenet_weights_name_the_way_out(data_dir, tmp_path):
                                "HTTPS_PROXY": "http://127.0.0.1:9"})
     assert proc.returncode == 2 and "--pretrained none" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_label_diagnostics_split_clean_and_noisy_samples():
+    from engine import label_diagnostics
+    true = np.array([0, 0, 1, 1, 2, 2])
+    noisy = np.array([0, 1, 1, 0, 2, 2])       # samples 1 and 3 are noisy
+    is_clean = noisy == true
+    refined = np.array([0, 0, 1, 0, 2, 1])     # 1 corrected, 3 memorised, 5 newly wrong
+    d = label_diagnostics(refined, true, noisy, is_clean)
+    assert d == {"label_precision": pytest.approx(4 / 6), "label_precision_clean": 0.75,
+                 "noisy_corrected": 0.5, "noisy_memorized": 0.5}
+    clean = label_diagnostics(true, true, true, np.ones(6, bool))
+    assert clean["noisy_corrected"] is None and clean["label_precision"] == 1.0
+
+
+def test_demo_flag_sets_the_demo_defaults_and_explicit_flags_win():
+    args = train_core.parse_args(train_core.build_parser(), ["--demo", "--epochs", "3"])
+    assert (args.arch, args.pretrained, args.img_size, args.noise_ratio) == (
+        "resnet18", "none", [64, 32], 0.2)
+    assert args.epochs == 3
+    plain = train_core.parse_args(train_core.build_parser(), [])
+    assert (plain.arch, plain.pretrained, plain.epochs, plain.lr) == ("resnet50", "imagenet",
+                                                                      61, 0.01)
+    assert (plain.milestones, plain.stage1_epochs, plain.batchsize) == ([20, 50], 20, 32)

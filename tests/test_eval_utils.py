@@ -1,0 +1,63 @@
+"""Feature extraction and scoring end to end: a tiny real model on real image files."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import eval_lib
+from datasets import load_split
+from datasets.market1501 import released_code_camid
+from datasets.pipeline import LoaderBatches, eval_transform
+from eval_utils import EvalSet, extract_features, get_test_acc, scoring_identities
+from model import build_model
+
+CROP = (32, 16)
+CPU = torch.device("cpu")
+
+
+def make_eval_set(prepared_market, split, protocol="standard"):
+    data = load_split(prepared_market.parent, "market", split)
+    if split == "gallery" and protocol == "standard":
+        data = data.subset(np.flatnonzero(data.pids != -1))
+    pids, camids = scoring_identities(data.pids, data.camids, data.classes, data.targets,
+                                   [p.name for p in data.paths], protocol)
+    return EvalSet(LoaderBatches(data, eval_transform(CROP), 5, False, 0, CPU), pids, camids)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model("resnet18", 4, "none").eval()
+
+
+def test_features_are_normalised_sums_of_image_and_flip(prepared_market, model):
+    query = make_eval_set(prepared_market, "query")
+    feats = extract_features(model, query, CPU)
+    assert feats.shape == (len(query), 512)
+    assert torch.allclose(feats.norm(dim=1), torch.ones(len(query)), atol=1e-5)
+    x = torch.cat([x for x, _ in query.batches.batches()])
+    with torch.no_grad():
+        expected = F.normalize(model.pool5(x) + model.pool5(x.flip(3)), dim=1)
+    assert torch.allclose(feats, expected, atol=1e-5)
+
+
+def test_get_test_acc_equals_scoring_the_features_by_hand(prepared_market, model):
+    query, gallery = make_eval_set(prepared_market, "query"), make_eval_set(prepared_market, "gallery")
+    assert -1 not in gallery.pids  # junk was dropped before scoring
+    scores = get_test_acc(model, query, gallery, CPU)
+    qf, gf = extract_features(model, query, CPU), extract_features(model, gallery, CPU)
+    cmc, mean_ap = eval_lib.evaluate((-(qf @ gf.T)).numpy(), query.pids, gallery.pids,
+                                     query.camids, gallery.camids)
+    assert scores == pytest.approx({"rank1": cmc[0], "rank5": cmc[4], "rank10": cmc[9],
+                                    "mAP": mean_ap})
+    assert model.training is False
+
+
+def test_released_protocol_reads_cameras_from_frames_and_keeps_junk(prepared_market):
+    gallery = make_eval_set(prepared_market, "gallery", "released")
+    data = load_split(prepared_market.parent, "market", "gallery")
+    assert len(gallery) == len(data)  # junk kept ...
+    assert -1 not in gallery.pids and (gallery.pids == -2).sum() == (data.pids == -1).sum()
+    expected = [released_code_camid(p.name) for p in data.paths]  # ... cameras mis-read
+    assert gallery.camids.tolist() == expected
+    assert not np.array_equal(gallery.camids, data.camids)
