@@ -131,7 +131,7 @@ def run_name(args: argparse.Namespace) -> str:
 def pick_device(args: argparse.Namespace) -> torch.device:
     if args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available()):
         if args.device == "auto":
-            print("note: no CUDA device found; training on the CPU (slow for ResNet-50)")
+            print("note: no CUDA device found; running on the CPU (slow for ResNet-50)")
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise UserError("--device cuda: PyTorch sees no CUDA device; use --device cpu")
