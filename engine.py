@@ -406,6 +406,15 @@ def rng_states() -> dict:
     return states
 
 
+def restore_rng_states(states: dict) -> None:
+    """Put back the generators saved with a checkpoint (every epoch also reseeds its own)."""
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 def read_checkpoint(path: Path, flag: str) -> dict:
     """A checkpoint written by this project, or a UserError naming ``flag``."""
     try:
@@ -466,6 +475,7 @@ def train(args: argparse.Namespace, method: str) -> dict:
             p.net.load_state_dict(net_state)
             p.optimizer.load_state_dict(opt_state)
             p.lam = lam
+        restore_rng_states(state["rng"])
         start_epoch = state["epoch"] + 1
     noisy_dev = torch.as_tensor(noisy, device=device)
 
