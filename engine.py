@@ -99,8 +99,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 
 # The built-in demo: a small synthetic Market-shaped dataset, a small network from scratch.
 DEMO_DEFAULTS = dict(data_dir="./demo_data", arch="resnet18", pretrained="none",
-                     img_size=[64, 32], noise_ratio=0.2, epochs=28, milestones=[20, 25],
-                     stage1_epochs=20, eval_every=7, workers=2)
+                     img_size=[64, 32], noise_ratio=0.2, epochs=24, milestones=[17, 21],
+                     stage1_epochs=17, eval_every=6, workers=2)
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None):
