@@ -15,27 +15,26 @@ from datasets.noise import (load_noise, pattern_noise, random_noise, realised_no
 from utils import UserError
 
 
-def reference_random_noise(labels, ratio, num_classes, seed=1):
-    """DESIGN.md's reference algorithm, written as literally as possible on the global generator."""
+def reference_noise(labels, ratio, num_classes, seed, relabel):
+    """DESIGN.md's reference algorithm, written as literally as possible on the global
+    generator; ``relabel(c, i)`` is the new label of chosen sample i of class c."""
     random.seed(seed)
     new = list(labels)
     for c in range(num_classes):
         idx = [i for i in range(len(labels)) if labels[i] == c]
         chosen = random.sample(idx, int(np.round(len(idx) * ratio)))
         for i in chosen:
-            new[i] = random.sample(list(range(c)) + list(range(c + 1, num_classes)), 1)[0]
+            new[i] = relabel(c, i)
     return new
+
+
+def reference_random_noise(labels, ratio, num_classes, seed=1):
+    return reference_noise(labels, ratio, num_classes, seed, lambda c, i: random.sample(
+        list(range(c)) + list(range(c + 1, num_classes)), 1)[0])
 
 
 def reference_pattern_noise(labels, ratio, second_labels, num_classes, seed=1):
-    random.seed(seed)
-    new = list(labels)
-    for c in range(num_classes):
-        idx = [i for i in range(len(labels)) if labels[i] == c]
-        chosen = random.sample(idx, int(np.round(len(idx) * ratio)))
-        for i in chosen:
-            new[i] = second_labels[i]
-    return new
+    return reference_noise(labels, ratio, num_classes, seed, lambda c, i: second_labels[i])
 
 
 def market_like_labels(num_classes=751, seed=0):
