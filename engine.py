@@ -7,6 +7,7 @@ arguments, setup (device, data, noise, networks), the epoch loop, what is saved.
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import sys
 import time
@@ -27,9 +28,10 @@ from datasets.noise import (pattern_noise, random_noise, save_noise,
 from datasets.pipeline import (CachedBatches, LoaderBatches, cache_fits, centre_transform,
                                decoded_split, default_cache_dir, epoch_seed, eval_transform,
                                resize_hw, train_transform)
-from eval_utils import EVAL_PROTOCOLS, EvalSet, get_test_acc, scoring_identities
+from eval_utils import (EVAL_PROTOCOLS, EvalSet, eval_outputs, get_test_acc,
+                        scoring_identities)
 from model import ARCHS, build_model
-from recorder import RunRecorder, finite, format_scores
+from recorder import TEST_KEYS, RunRecorder, format_scores
 from utils import UserError
 
 METHODS = ("baseline", "self", "core")
@@ -206,6 +208,11 @@ def load_data(args: argparse.Namespace, device: torch.device) -> RunData:
                    train.num_classes, test_set(query), test_set(gallery))
 
 
+def call_model(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Class logits (the ``forward`` that ``eval_outputs`` runs for label predictions)."""
+    return model(images)
+
+
 def inject_noise(args: argparse.Namespace, data: RunData, device: torch.device):
     """(noisy labels, clean mask): random noise, or patterned from a clean model's confusions."""
     if not args.pattern:
@@ -228,26 +235,10 @@ def inject_noise(args: argparse.Namespace, data: RunData, device: torch.device):
     clean_model = build_model(clean_args["arch"], data.num_classes, "none",
                               clean_args["head_act"], clean_args["dropout"])
     clean_model.load_state_dict(state["networks"][0])
-    logits = predict(clean_model.to(device), data.train_plain)
+    logits = eval_outputs(clean_model.to(device), data.train_plain, call_model, device,
+                          desc="clean model's predictions")
     second = second_labels_from_logits(logits.cpu().numpy(), data.true_labels)
     return pattern_noise(data.true_labels, args.noise_ratio, second, args.seed)
-
-
-@torch.inference_mode()
-def predict(model: torch.nn.Module, batches: CachedBatches | LoaderBatches, amp: bool = False,
-            channels_last: bool = False) -> torch.Tensor:
-    """Class logits (float32, on the device) of every image of ``batches``, in eval mode."""
-    was_training = model.training
-    model.eval()
-    out = []
-    device = next(model.parameters()).device
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        for x, _ in batches.batches():
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            out.append(model(x).float())
-    model.train(was_training)
-    return torch.cat(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -506,11 +497,12 @@ def train(args: argparse.Namespace, method: str) -> dict:
         mean_loss, train_acc, seen = train_one_epoch(args, method, epoch, peers, data,
                                                      noisy_dev, amp, channels_last)
         epoch_time = time.time() - tic
-        if not all(finite(x) for x in mean_loss):
+        if not all(math.isfinite(x) for x in mean_loss):
             raise UserError(f"training diverged at epoch {epoch} (loss {mean_loss}); lower --lr")
         networks = []
         for k, p in enumerate(peers):
-            refined = predict(p.net, data.train_plain, amp, channels_last).argmax(dim=1)
+            refined = eval_outputs(p.net, data.train_plain, call_model, device, amp,
+                                   channels_last).argmax(dim=1)
             networks.append({"loss": mean_loss[k], "train_acc": train_acc[k], "lambda": p.lam,
                              **label_diagnostics(refined.cpu().numpy(), data.true_labels,
                                                  noisy, is_clean)})
@@ -521,10 +513,10 @@ def train(args: argparse.Namespace, method: str) -> dict:
             scores = get_test_acc(peers[0].net, data.query, data.gallery, device, amp,
                                   channels_last)
         record = {"epoch": epoch, "lr": lr, "stage": stage, **networks[0],
-                  **{k: scores.get(k) for k in ("rank1", "rank5", "rank10", "mAP")},
+                  **{k: scores.get(k) for k in TEST_KEYS},
                   "epoch_time_s": epoch_time, "images_per_s": seen / epoch_time,
                   "networks": networks}
-        rec.add_epoch(record, [{k: v for k, v in n.items() if v is not None} for n in networks])
+        rec.add_epoch(record)
         nets = "  ".join(f"net{k + 1} loss {n['loss']:.3f} acc {n['train_acc']:.3f} "
                          f"lambda {n['lambda']:.2f} label-prec {n['label_precision']:.3f}"
                          for k, n in enumerate(networks))

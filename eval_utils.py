@@ -7,7 +7,7 @@ horizontal flip, L2-normalised; the distance is the negative cosine similarity. 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -36,8 +36,8 @@ class EvalSet:
 
 
 def scoring_identities(pids: np.ndarray, camids: np.ndarray, class_names: list[str],
-                    targets: np.ndarray, file_names: list[str],
-                    protocol: str) -> tuple[np.ndarray, np.ndarray]:
+                       targets: np.ndarray, file_names: list[str],
+                       protocol: str) -> tuple[np.ndarray, np.ndarray]:
     """The (pids, camids) a protocol scores with.
 
     ``standard``: parsed from the file names (Market-1501 convention). ``released``: what the
@@ -54,24 +54,38 @@ def scoring_identities(pids: np.ndarray, camids: np.ndarray, class_names: list[s
     return folder_pids, cams
 
 
+@torch.inference_mode()
+def eval_outputs(model: torch.nn.Module, batches: Union[CachedBatches, LoaderBatches],
+                 forward: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor],
+                 device: torch.device, amp: bool = False, channels_last: bool = False,
+                 desc: Optional[str] = None) -> torch.Tensor:
+    """``forward(model, images)`` of every batch in order, in eval mode, concatenated (float32,
+    on the device); the model's train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    outputs = []
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        for x, _ in tqdm(batches.batches(), total=len(batches), desc=desc, leave=False,
+                         disable=None if desc else True):
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            outputs.append(forward(model, x).float())
+    model.train(was_training)
+    return torch.cat(outputs)
+
+
+def _pool5_with_flip(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    f = model.pool5(torch.cat([x, x.flip(3)])).float()
+    return f[:len(x)] + f[len(x):]
+
+
 def extract_features(model: torch.nn.Module, test_set: EvalSet, device: torch.device,
                      amp: bool = False, channels_last: bool = False,
                      desc: str = "features") -> torch.Tensor:
     """L2-normalised pool5(image) + pool5(flipped image) for every image, in order (on device)."""
-    was_training = model.training
-    model.eval()
-    feats = []
-    batches = test_set.batches
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        for x, _ in tqdm(batches.batches(), total=len(batches), desc=desc, leave=False,
-                         disable=None):
-            both = torch.cat([x, x.flip(3)])
-            if channels_last:
-                both = both.contiguous(memory_format=torch.channels_last)
-            f = model.pool5(both).float()
-            feats.append(f[:len(x)] + f[len(x):])
-    model.train(was_training)
-    return F.normalize(torch.cat(feats), dim=1)
+    feats = eval_outputs(model, test_set.batches, _pool5_with_flip, device, amp, channels_last,
+                         desc)
+    return F.normalize(feats, dim=1)
 
 
 def score(query_feats: torch.Tensor, gallery_feats: torch.Tensor, query: EvalSet,

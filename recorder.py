@@ -3,7 +3,6 @@ curves.png and atomic checkpoints."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -32,13 +31,14 @@ class RunRecorder:
         print(message, flush=True)
         self.log_file.write(message + "\n")
 
-    def add_epoch(self, record: dict[str, Any], per_network: list[dict[str, float]]) -> None:
+    def add_epoch(self, record: dict[str, Any]) -> None:
         """Record one epoch: TensorBoard scalars, metrics.json (atomically) and the curves."""
         epoch = record["epoch"]
         self.tb.add_scalar("lr", record["lr"], epoch)
-        for k, stats in enumerate(per_network, start=1):
+        for k, stats in enumerate(record["networks"], start=1):
             for key, value in stats.items():
-                self.tb.add_scalar(f"net{k}/{key}", value, epoch)
+                if value is not None:  # e.g. no noisy samples to correct at ratio 0
+                    self.tb.add_scalar(f"net{k}/{key}", value, epoch)
         for key in TEST_KEYS:
             if record.get(key) is not None:
                 self.tb.add_scalar(f"test/{key}", record[key], epoch)
@@ -105,7 +105,3 @@ class RunRecorder:
 
 def format_scores(scores: dict[str, float]) -> str:
     return "  ".join(f"{k} {100 * scores[k]:.2f}" for k in TEST_KEYS)
-
-
-def finite(value: float) -> bool:
-    return math.isfinite(value)
