@@ -1,7 +1,8 @@
 """Feature extraction and Re-ID scoring (rank-1/5/10, mAP) of a model on query and gallery.
 
-The descriptor of an image is the backbone's pool5 feature of the image plus that of its
-horizontal flip, L2-normalised; the distance is the negative cosine similarity. Scoring is
+The descriptor of an image is, as in the released code, the L2-normalised pool5 feature of the
+image plus the L2-normalised pool5 feature of its horizontal flip, L2-normalised again; the
+distance is the negative cosine similarity. Scoring is
 ``eval_lib.evaluate`` (compiled), under the standard Market-1501 protocol by default.
 """
 from __future__ import annotations
@@ -74,18 +75,19 @@ def eval_outputs(model: torch.nn.Module, batches: Union[CachedBatches, LoaderBat
     return torch.cat(outputs)
 
 
-def _pool5_with_flip(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    f = model.pool5(torch.cat([x, x.flip(3)])).float()
-    return f[:len(x)] + f[len(x):]
+def pool5_descriptor(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The released test descriptor: L2-normalised pool5 of the image and of its mirror, added,
+    and the sum L2-normalised again."""
+    f = F.normalize(model.pool5(torch.cat([x, x.flip(3)])).float(), dim=1)
+    return F.normalize(f[:len(x)] + f[len(x):], dim=1)
 
 
 def extract_features(model: torch.nn.Module, test_set: EvalSet, device: torch.device,
                      amp: bool = False, channels_last: bool = False,
                      desc: str = "features") -> torch.Tensor:
-    """L2-normalised pool5(image) + pool5(flipped image) for every image, in order (on device)."""
-    feats = eval_outputs(model, test_set.batches, _pool5_with_flip, device, amp, channels_last,
-                         desc)
-    return F.normalize(feats, dim=1)
+    """The descriptor (``pool5_descriptor``) of every image, in order (on the device)."""
+    return eval_outputs(model, test_set.batches, pool5_descriptor, device, amp, channels_last,
+                        desc)
 
 
 def score(query_feats: torch.Tensor, gallery_feats: torch.Tensor, query: EvalSet,

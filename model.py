@@ -55,7 +55,7 @@ class ReIDNet(nn.Module):
         return self.classifier(self.head(self.pool5(x)))
 
     def param_groups(self, lr: float, head_lr_mult: float = 10.0) -> list[dict]:
-        """Backbone at ``lr``, the new head and classifier at ``head_lr_mult * lr`` (as released)."""
+        """Backbone at ``lr``; the new head and classifier at ``head_lr_mult * lr`` (released)."""
         new = list(self.head.parameters()) + list(self.classifier.parameters())
         return [{"params": list(self.backbone.parameters()), "lr": lr, "lr_mult": 1.0},
                 {"params": new, "lr": lr * head_lr_mult, "lr_mult": head_lr_mult}]

@@ -1,12 +1,10 @@
-"""Everything a run leaves in its folder: console log copy, TensorBoard events, metrics.json,
-curves.png and atomic checkpoints."""
+"""What a run reports: console log copy, TensorBoard events, metrics.json and curves.png
+(checkpoints are runs.py's)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any, Optional
-
-import torch
 
 from utils import atomic_write, atomic_write_text
 
@@ -91,12 +89,6 @@ class RunRecorder:
         fig.tight_layout()
         atomic_write(self.run_dir / "curves.png", lambda tmp: fig.savefig(tmp, format="png"))
         plt.close(fig)
-
-    def save_checkpoint(self, state: dict[str, Any], name: str) -> Path:
-        """Save ``state`` as ``<run>/<name>`` atomically (never a half-written checkpoint)."""
-        path = self.run_dir / name
-        atomic_write(path, lambda tmp: torch.save(state, tmp))
-        return path
 
     def close(self) -> None:
         self.tb.close()

@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from engine import add_common_args, parse_args, train
+from engine import train
+from options import add_common_args, parse_args
 from utils import run_cli
 
 

@@ -1,8 +1,9 @@
-"""Time the released-style pipeline against the fast path, for baseline, SELF and CORE.
+"""Time the released numerics against the fast ones, for baseline, SELF and CORE.
 
-(a) released-style: PIL decode + torchvision transforms in DataLoader workers, fp32;
-(b) fast path: images decoded once and held in device memory, augmentation on the device,
-    bf16 autocast + channels_last + fused SGD on CUDA.
+(a) ``--numerics released``: PIL decode + torchvision transforms in DataLoader workers, fp32,
+    TF32 off, default memory format, plain SGD;
+(b) ``--numerics fast``: images decoded once and held in device memory, augmentation on the
+    device, and on CUDA bf16 autocast + TF32 + channels_last + fused SGD.
 For each it reports the data path alone (one epoch of decoded, augmented batches), training
 images/s and seconds per epoch per method, and feature extraction + scoring of the test set.
 
@@ -16,6 +17,7 @@ the epoch's number of batches (--steps 0: a whole epoch).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -27,7 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train_core  # noqa: E402
 from datasets.noise import random_noise  # noqa: E402
-from engine import build_peers, load_data, train_one_epoch  # noqa: E402
+from engine import build_peers, train_one_epoch  # noqa: E402
+from methods import make_method  # noqa: E402
+from numerics import apply_tf32, choose_numerics  # noqa: E402
+from run_data import load_data  # noqa: E402
 from eval_utils import get_test_acc  # noqa: E402
 from utils import UserError, run_cli  # noqa: E402
 
@@ -83,21 +88,21 @@ def time_data_path(data, device: torch.device) -> float:
     return seen / (time.time() - tic)
 
 
-def time_training(args, method: str, data, device, amp: bool, channels_last: bool,
-                  steps: int, warmup: int) -> float:
-    """Training images/s of ``method`` (both peers for CORE) over ``steps`` steps."""
-    count = 2 if method == "core" else 1
-    peers = build_peers(args, count, data.num_classes, device, channels_last)
+def time_training(args, method_name: str, data, device, numerics, steps: int,
+                  warmup: int) -> float:
+    """Training images/s of ``method_name`` (both peers for CORE) over ``steps`` steps."""
+    method = make_method(method_name, args)
+    peers = build_peers(args, method, data.num_classes, device, numerics)
     noisy, _ = random_noise(data.true_labels, 0.2, data.num_classes, 1)
     noisy = torch.as_tensor(noisy, device=device)
     full = data.train
-    epoch = args.stage1_epochs + 1 if method == "core" else 0  # CORE: the co-refining stage
+    epoch = args.stage1_epochs + 1 if method.networks == 2 else 0  # CORE: co-refining stage
     data.train = FirstBatches(full, warmup)
-    train_one_epoch(args, method, epoch, peers, data, noisy, amp, channels_last)
+    train_one_epoch(method, epoch, args.seed, peers, data, noisy, numerics)
     data.train = FirstBatches(full, steps)
     sync(device)
     tic = time.time()
-    _, _, seen = train_one_epoch(args, method, epoch, peers, data, noisy, amp, channels_last)
+    _, _, seen = train_one_epoch(method, epoch, args.seed, peers, data, noisy, numerics)
     sync(device)
     data.train = full
     return seen / (time.time() - tic)
@@ -141,53 +146,56 @@ def main() -> None:
         Path(bench.synthetic_dir), bench.preset or PRESET_FOR[device.type], bench.workers)
 
     rows = {}
-    for pipeline in ("loader", "cache"):
-        fast = pipeline == "cache"
+    for mode in ("released", "fast"):
         args = train_core.parse_args(train_core.build_parser(), [
             "--data_dir", str(data_dir), "--dataset", bench.dataset, "--arch", arch,
             "--pretrained", "none", "--img_size", *map(str, crop), "--batchsize",
-            str(bench.batchsize), "--workers", str(bench.workers), "--data_path", pipeline,
-            "--device", device.type, *(["--compile"] if fast and bench.compile else [])])
-        amp = fast and device.type == "cuda"
-        channels_last = fast and device.type == "cuda"
+            str(bench.batchsize), "--workers", str(bench.workers), "--numerics", mode,
+            "--device", device.type,
+            *(["--compile"] if mode == "fast" and bench.compile else [])])
+        numerics = choose_numerics(args, device)
         tic = time.time()
-        data = load_data(args, device)  # the fast path decodes (or reads its cache) here
+        data = load_data(args, device, numerics)  # the fast path decodes (or reads its cache)
         setup_s = time.time() - tic
+        numerics = dataclasses.replace(numerics, data_path=data.data_path)
+        apply_tf32(numerics, device)
+        print(f"[{mode}] {numerics.describe()}", flush=True)
         n_train, n_batches = len(data.true_labels), len(data.train)
         row = {"setup_s": setup_s, "data_img_s": time_data_path(data, device)}
-        print(f"[{pipeline}] setup {setup_s:.1f}s, data path {row['data_img_s']:.0f} img/s",
+        print(f"[{mode}] setup {setup_s:.1f}s, data path {row['data_img_s']:.0f} img/s",
               flush=True)
         for method in bench.methods:
-            rate = time_training(args, method, data, device, amp, channels_last, steps,
-                                 bench.warmup)
+            rate = time_training(args, method, data, device, numerics, steps, bench.warmup)
             row[method] = rate
-            print(f"[{pipeline}] {method}: {rate:.0f} img/s, {n_train / rate:.1f} s/epoch",
+            print(f"[{mode}] {method}: {rate:.0f} img/s, {n_train / rate:.1f} s/epoch",
                   flush=True)
         tic = time.time()
-        get_test_acc(build_peers(args, 1, data.num_classes, device, channels_last)[0].net,
-                     data.query, data.gallery, device, amp, channels_last)
+        net = build_peers(args, make_method("baseline", args), data.num_classes, device,
+                          numerics)[0].net
+        get_test_acc(net, data.query, data.gallery, device, numerics.amp,
+                     numerics.channels_last)
         sync(device)
         row["test_s"] = time.time() - tic
-        rows[pipeline] = row
+        rows[mode] = row
         del data
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"\n{name}, torch {torch.__version__}, {arch} {crop[0]}x{crop[1]}, batch "
           f"{bench.batchsize}, {n_train} training images ({n_batches} batches), "
           f"{bench.workers} workers, {'whole epoch' if steps == 0 else f'{steps} steps'}")
-    print(f"{'':28s}{'released-style':>16s}{'fast path':>12s}{'ratio':>8s}")
+    print(f"{'':28s}{'released':>16s}{'fast':>12s}{'ratio':>8s}")
     lines = [("data path (img/s)", "data_img_s", False)]
     for method in bench.methods:
         lines.append((f"{method} (img/s)", method, False))
         lines.append((f"{method} (s/epoch)", method, True))
     lines.append(("test extract+score (s)", "test_s", None))
     for label, key, per_epoch in lines:
-        a, b = rows["loader"][key], rows["cache"][key]
+        a, b = rows["released"][key], rows["fast"][key]
         if per_epoch:
             a, b = n_train / a, n_train / b
         ratio = a / b if per_epoch or per_epoch is None else b / a
         print(f"{label:28s}{a:16.1f}{b:12.1f}{ratio:7.1f}x")
-    print(f"fast path one-time setup (decode + cache): {rows['cache']['setup_s']:.1f}s")
+    print(f"fast one-time setup (decode + cache): {rows['fast']['setup_s']:.1f}s")
 
 
 if __name__ == "__main__":

@@ -12,11 +12,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import load_data, pick_device, read_checkpoint  # noqa: E402
 from eval_utils import EVAL_PROTOCOLS, get_test_acc  # noqa: E402
-from model import build_model  # noqa: E402
+from numerics import choose_numerics, pick_device  # noqa: E402
 from recorder import format_scores  # noqa: E402
-from utils import UserError, run_cli  # noqa: E402
+from run_data import load_data  # noqa: E402
+from runs import checkpoint_args, network_from_checkpoint, read_checkpoint  # noqa: E402
+from utils import run_cli  # noqa: E402
 
 
 def main() -> None:
@@ -27,20 +28,16 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"],
                         help="where to extract features")
     cli = parser.parse_args()
-    if not Path(cli.checkpoint).is_file():
-        raise UserError(f"--checkpoint {cli.checkpoint}: no such file")
     state = read_checkpoint(Path(cli.checkpoint), "--checkpoint")
-    args = argparse.Namespace(**state["args"])
+    args = checkpoint_args(state)
     args.device, args.gpu = cli.device, None
     args.data_dir = cli.data_dir or args.data_dir
     device = pick_device(args)
-    net = build_model(args.arch, state["num_classes"], "none", args.head_act, args.dropout)
-    net.load_state_dict(state["networks"][0])
-    net.to(device)
+    net = network_from_checkpoint(state).to(device)
     results = {}
     for protocol in EVAL_PROTOCOLS:
         args.eval_protocol = protocol
-        data = load_data(args, device)
+        data = load_data(args, device, choose_numerics(args, device))
         results[protocol] = get_test_acc(net, data.query, data.gallery, device)
         print(f"{protocol:9s} {format_scores(results[protocol])}")
     std, rel = results["standard"], results["released"]

@@ -94,10 +94,13 @@ class CachedBatches:
     """Batches cut from a uint8 NHWC tensor that holds the whole split on the device."""
 
     def __init__(self, images: torch.Tensor, batch_size: int,
-                 crop_hw: Optional[Sequence[int]] = None, augment: bool = False):
-        """``augment``: shuffled, random ``crop_hw`` crops, random flips (training). Otherwise
-        in order, centre-cropped to ``crop_hw`` (or whole when it is None)."""
+                 crop_hw: Optional[Sequence[int]] = None, augment: bool = False,
+                 shuffle: Optional[bool] = None):
+        """``augment``: random ``crop_hw`` crops and random flips (training). Otherwise
+        centre-cropped to ``crop_hw`` (or whole when it is None). ``shuffle`` (default: as
+        ``augment``): a new order every epoch, else the split's order."""
         self.images, self.batch_size, self.augment = images, batch_size, augment
+        self.shuffle = augment if shuffle is None else shuffle
         self.crop_hw = tuple(crop_hw) if crop_hw is not None else tuple(images.shape[1:3])
         device = images.device
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
@@ -117,10 +120,12 @@ class CachedBatches:
         h, w = self.crop_hw
         if not self.augment:
             top, left = round((full_h - h) / 2), round((full_w - w) / 2)  # as CenterCrop
+            g = torch.Generator(device=device).manual_seed(seed)
+            order = (torch.randperm(n, generator=g, device=device) if self.shuffle
+                     else torch.arange(n, device=device))
             for start in range(0, n, self.batch_size):
-                crops = self.images[start:start + self.batch_size, top:top + h, left:left + w]
-                yield self.normalise(crops), torch.arange(start, start + len(crops),
-                                                          device=device)
+                index = order[start:start + self.batch_size]
+                yield self.normalise(self.images[index, top:top + h, left:left + w]), index
             return
         # One draw per epoch for order, crop offsets and flips: no host sync inside the loop.
         g = torch.Generator(device=device).manual_seed(seed)

@@ -30,19 +30,38 @@ def model():
     return build_model("resnet18", 4, "none").eval()
 
 
-def test_features_are_normalised_sums_of_image_and_flip(prepared_market, model):
+def released_descriptor(model, images):
+    """A literal restatement of the released extraction: per batch, for the image and then its
+    mirror (index_select over the width), add the L2-normalised pool5 feature the released model
+    returns in eval mode; L2-normalise the sum."""
+    features = []
+    for img in images.split(4):
+        ff = torch.zeros(len(img), model.feat_dim)
+        for i in range(2):
+            if i == 1:
+                img = img.index_select(3, torch.arange(img.size(3) - 1, -1, -1))
+            f = model.pool5(img)
+            ff = ff + f / torch.norm(f, p=2, dim=1, keepdim=True)
+        features.append(ff / torch.norm(ff, p=2, dim=1, keepdim=True))
+    return torch.cat(features)
+
+
+def test_features_are_the_released_descriptor(prepared_market, model):
     query = make_eval_set(prepared_market, "query")
     feats = extract_features(model, query, CPU)
     assert feats.shape == (len(query), 512)
     assert torch.allclose(feats.norm(dim=1), torch.ones(len(query)), atol=1e-5)
     x = torch.cat([x for x, _ in query.batches.batches()])
     with torch.no_grad():
-        expected = F.normalize(model.pool5(x) + model.pool5(x.flip(3)), dim=1)
+        expected = released_descriptor(model, x)
+        raw_sum = F.normalize(model.pool5(x) + model.pool5(x.flip(3)), dim=1)
     assert torch.allclose(feats, expected, atol=1e-5)
+    assert not torch.allclose(feats, raw_sum, atol=1e-5)  # the normalisation order matters
 
 
 def test_get_test_acc_equals_scoring_the_features_by_hand(prepared_market, model):
-    query, gallery = make_eval_set(prepared_market, "query"), make_eval_set(prepared_market, "gallery")
+    query = make_eval_set(prepared_market, "query")
+    gallery = make_eval_set(prepared_market, "gallery")
     assert -1 not in gallery.pids  # junk was dropped before scoring
     scores = get_test_acc(model, query, gallery, CPU)
     qf, gf = extract_features(model, query, CPU), extract_features(model, gallery, CPU)

@@ -18,6 +18,8 @@ TINY = ["--arch", "resnet18", "--pretrained", "none", "--img_size", "32", "16",
 HISTORY_KEYS = {"epoch", "lr", "loss", "train_acc", "label_precision", "rank1", "rank5",
                 "rank10", "mAP", "epoch_time_s"}
 SCORE_KEYS = {"epoch", "rank1", "rank5", "rank10", "mAP"}
+NUMERICS_KEYS = {"mode", "dtype", "tf32", "channels_last", "fused_sgd", "compile", "data_path",
+                 "torch", "torchvision", "cuda", "cudnn", "device_name", "workers"}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,12 @@ def check_run_folder(result, method, networks):
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["method"] == method and metrics["dataset"] == "market"
-    assert {"noise_type", "noise_ratio", "seed", "args"} <= metrics.keys()
+    assert {"noise_type", "noise_ratio", "noise_seed", "seed", "args"} <= metrics.keys()
+    assert NUMERICS_KEYS <= metrics["numerics"].keys()
+    log_head = (run / "train.log").read_text().splitlines()[:4]
+    assert any(line.startswith(f"numerics {metrics['numerics']['mode']}: ")
+               for line in log_head)
+    assert any(f"torch {torch.__version__}" in line for line in log_head)
     for entry in metrics["history"]:
         assert HISTORY_KEYS <= entry.keys()
         assert len(entry["networks"]) == networks
@@ -59,8 +66,12 @@ def check_run_folder(result, method, networks):
 def test_single_network_runs_leave_every_output(data_dir, tmp_path, method):
     result = train_self.main(args(data_dir, tmp_path, "--method", method, "--epochs", "3"))
     metrics = check_run_folder(result, method, 1)
-    assert Path(result["run_dir"]).name == f"market_{method}_random0.2_lr0.05_seed1_resnet18"
+    assert (Path(result["run_dir"]).name ==
+            f"market_{method}_random0.2_noiseseed1_lr0.05_seed1_resnet18")
     assert abs(metrics["realised_noise_rate"] - 0.2) < 0.1
+    if method == "baseline":  # no lambda to speak of
+        assert all("lambda" not in h for h in metrics["history"])
+        return
     lambdas = [h["lambda"] for h in metrics["history"]]
     assert lambdas[0] == 0.0
     assert lambdas[1] == pytest.approx(1 / (1 + metrics["history"][0]["loss"]))

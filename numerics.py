@@ -1,0 +1,140 @@
+"""Where a run computes and with which arithmetic.
+
+``--numerics released`` is the released code's arithmetic: fp32 with TF32 off, the default
+(NCHW) memory format, plain SGD, PIL + DataLoader. ``--numerics fast`` (the default) adds, on
+CUDA, bf16 autocast, TF32, channels_last and fused SGD, and uses the image cache; each only
+where the installed torch and the device support it (requirements admit torch 2.1), and each
+also switchable on its own (``--amp``, ``--channels_last``, ``--data_path``, ``--compile``).
+What was chosen is printed and recorded in ``metrics.json`` (``numerics``).
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import platform
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torchvision
+
+from utils import UserError
+
+
+def pick_device(args: argparse.Namespace) -> torch.device:
+    """``--device``/``--gpu`` as a torch device; CUDA when asked for and present."""
+    if args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available()):
+        if args.device == "auto":
+            print("note: no CUDA device found; running on the CPU (slow for ResNet-50)")
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError("--device cuda: PyTorch sees no CUDA device; use --device cpu")
+    return torch.device(f"cuda:{args.gpu}" if args.gpu is not None else "cuda")
+
+
+def fused_sgd_available() -> bool:
+    """torch.optim.SGD takes ``fused=`` (torch >= 2.3)."""
+    return "fused" in inspect.signature(torch.optim.SGD).parameters
+
+
+def bf16_available(device: torch.device) -> bool:
+    """bf16 autocast works here: any CPU, or a CUDA device that supports bf16 (Ampere on)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu"
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """The arithmetic of one run, as recorded in metrics.json."""
+    mode: str            # --numerics: "fast" or "released"
+    dtype: str           # "float32", or "bfloat16" under autocast
+    tf32: bool           # TF32 matmuls and convolutions (CUDA)
+    channels_last: bool
+    fused_sgd: bool
+    compile: bool
+    data_path: str       # "cache" or "loader" ("auto" until the data is loaded)
+
+    @property
+    def amp(self) -> bool:
+        return self.dtype == "bfloat16"
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def describe(self) -> str:
+        return (f"numerics {self.mode}: {self.dtype}{' autocast' if self.amp else ''}, TF32 "
+                f"{'on' if self.tf32 else 'off'}, "
+                f"{'channels_last' if self.channels_last else 'default memory format'}, "
+                f"{'fused' if self.fused_sgd else 'plain'} SGD, "
+                f"{'torch.compile' if self.compile else 'no compile'}, data path "
+                f"{self.data_path}")
+
+
+def choose_numerics(args: argparse.Namespace, device: torch.device) -> Numerics:
+    """Resolve --numerics with --amp, --channels_last, --data_path and --compile; UserError for
+    a contradiction or for a fast option this torch or device lacks."""
+    released = args.numerics == "released"
+    cuda = device.type == "cuda"
+    if released:
+        fast_flags = {"--amp on": args.amp == "on", "--channels_last on":
+                      args.channels_last == "on", "--data_path cache": args.data_path == "cache",
+                      "--compile": args.compile}
+        for flag, given in fast_flags.items():
+            if given:
+                raise UserError(f"{flag} contradicts --numerics released (eager fp32, default "
+                                "memory format, plain SGD, PIL/DataLoader); drop one of the two")
+    if args.amp == "on" and not bf16_available(device):
+        raise UserError(f"--amp on: {torch.cuda.get_device_name(device) if cuda else device} "
+                        "has no bf16 support; use --amp off")
+    if args.compile and not hasattr(torch, "compile"):
+        raise UserError(f"--compile: torch {torch.__version__} has no torch.compile; "
+                        "install torch >= 2.0 or drop --compile")
+    fast_here = not released and cuda
+    amp = args.amp == "on" or (args.amp == "auto" and fast_here and bf16_available(device))
+    return Numerics(
+        mode=args.numerics,
+        dtype="bfloat16" if amp else "float32",
+        tf32=fast_here,
+        channels_last=args.channels_last == "on" or (args.channels_last == "auto" and fast_here),
+        fused_sgd=fast_here and fused_sgd_available(),
+        compile=bool(args.compile),
+        data_path="loader" if released else args.data_path)
+
+
+def apply_tf32(numerics: Numerics, device: torch.device) -> None:
+    """Switch TF32 for matmuls and cuDNN convolutions on or off (process-wide, CUDA only;
+    cuDNN's own default is on, which the released numerics must turn off)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = numerics.tf32
+        torch.backends.cudnn.allow_tf32 = numerics.tf32
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"
+
+
+def numerics_record(numerics: Numerics, device: torch.device, workers: int) -> dict[str, Any]:
+    """metrics.json's ``numerics`` block: the choices plus the software and hardware."""
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {**asdict(numerics), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "cuda": torch.version.cuda,
+            "cudnn": cudnn, "device": str(device), "device_name": device_name(device),
+            "workers": workers}
+
+
+def describe_environment(record: dict[str, Any]) -> str:
+    """One log line with the software and hardware of ``numerics_record``."""
+    return (f"torch {record['torch']}, torchvision {record['torchvision']}, CUDA "
+            f"{record['cuda']}, cuDNN {record['cudnn']}; {record['device']} "
+            f"({record['device_name']}), {record['workers']} workers")

@@ -1,0 +1,126 @@
+"""The flags train_self.py and train_core.py share, the built-in demo's values, and the checks
+that run on them before any work starts.
+
+The defaults are the released code's; every number the loop uses is one of these flags.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from eval_utils import EVAL_PROTOCOLS
+from model import ARCHS
+from utils import UserError
+
+NUMERICS = ("fast", "released")
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """The flags both scripts share."""
+    a = parser.add_argument
+    # data and noise
+    a("--dataset", default="market", help="dataset name; data is read from DATA_DIR/<name>/")
+    a("--data_dir", default="../", help="folder holding the prepared dataset folder "
+      "(prepare_market.py --dst DATA_DIR/market)")
+    a("--train_split", default="train", choices=["train", "train_all"],
+      help="training split: 'train' (the released code's; one image per identity held out in "
+      "val) or 'train_all'")
+    a("--noise_ratio", type=float, default=0.2, help="fraction of each identity's training "
+      "labels to corrupt, in [0, 1)")
+    a("--noise_seed", type=int, default=1, help="seed of the label noise alone (the released "
+      "code always uses 1), so runs with different --seed share the same noisy labels")
+    a("--pattern", action="store_true", help="patterned noise: a corrupted sample takes the "
+      "class a clean model confuses it with (needs --pattern_model); default: random noise")
+    a("--pattern_model", default=None, help="checkpoint of a baseline trained on clean labels "
+      "(train_self.py --method baseline --noise_ratio 0), used by --pattern")
+    a("--pattern_view", default="flipped", choices=["flipped", "plain"],
+      help="which view of a training image the clean model classifies for --pattern: "
+      "'flipped' = the test transform of the mirrored image (the released code, through a "
+      "reused loop variable); 'plain' = the test transform of the image itself")
+    a("--seed", type=int, default=1, help="seed of the initialisation, the batches and the "
+      "augmentation (not of the noise: see --noise_seed)")
+    # model
+    a("--arch", default="resnet50", choices=sorted(ARCHS), help="backbone")
+    a("--pretrained", default="imagenet", help="'imagenet' (torchvision weights, downloaded), "
+      "'none' (from scratch) or the path of a local torchvision ResNet state dict")
+    a("--head_act", default="leaky_relu", choices=["leaky_relu", "relu"],
+      help="head activation: the released code's LeakyReLU(0.1), or the paper's ReLU")
+    a("--dropout", type=float, default=0.5, help="dropout after the 512-d head, in [0, 1)")
+    # optimisation
+    a("--lr", type=float, default=0.01, help="backbone learning rate; the new head gets 10x")
+    a("--batchsize", type=int, default=32, help="batch size (>= 2: BatchNorm)")
+    a("--epochs", type=int, default=61, help="number of epochs (the released code runs "
+      "epochs 0..60); with --resume, extends a finished run")
+    a("--milestones", type=int, nargs="+", default=[20, 50],
+      help="epochs at which the learning rate is multiplied by 0.1 (ascending)")
+    a("--momentum", type=float, default=0.9, help="SGD (Nesterov) momentum, in (0, 1)")
+    a("--weight_decay", type=float, default=5e-4, help="SGD weight decay, >= 0")
+    a("--img_size", type=int, nargs=2, default=[256, 128], metavar=("H", "W"),
+      help="training crop; images are resized to 9/8 of it first, test images to it")
+    a("--train_transform", default="augment", choices=["augment", "test"],
+      help="'augment': resize to 9/8, random crop, random flip (the paper's); 'test': the "
+      "test transform, no crop or flip (what the released code's --pattern runs train with, "
+      "because it switches the training set's transform and never switches it back)")
+    # running
+    a("--device", default="auto", choices=["auto", "cuda", "cpu"], help="where to train")
+    a("--gpu", default=None, help="CUDA device index to use (the released code's flag)")
+    a("--workers", type=int, default=4, help="processes decoding images")
+    a("--numerics", default="fast", choices=NUMERICS,
+      help="'fast': bf16 autocast, TF32, channels_last and fused SGD on CUDA (each only where "
+      "torch and the device support it) and the image cache; 'released': the released "
+      "arithmetic, fp32 with TF32 off, default memory format, plain SGD, PIL/DataLoader")
+    a("--data_path", default="auto", choices=["auto", "cache", "loader"],
+      help="'cache': decode once, keep the split in device memory, augment on the device; "
+      "'loader': PIL + DataLoader every epoch (released); 'auto': cache where it fits "
+      "(loader with --numerics released)")
+    a("--amp", default="auto", choices=["auto", "on", "off"],
+      help="bf16 autocast ('auto': on with --numerics fast on a CUDA device that has bf16)")
+    a("--channels_last", default="auto", choices=["auto", "on", "off"],
+      help="channels_last memory format ('auto': on with --numerics fast on CUDA)")
+    a("--compile", action="store_true", help="torch.compile the networks (not with "
+      "--numerics released)")
+    a("--eval_every", type=int, default=2, help="test network 1 every N epochs (and at the end)")
+    a("--eval_protocol", default="standard", choices=EVAL_PROTOCOLS,
+      help="'standard' Market-1501 protocol, or 'released': the released code's mis-read "
+      "cameras and junk (optimistic; for comparison only)")
+    a("--output_dir", default="./res", help="runs are written to OUTPUT_DIR/<run name>/")
+    a("--run_name", default=None, help="run folder name (default: from dataset, method, noise, "
+      "noise seed, lr and seed)")
+    a("--resume", nargs="?", const="auto", default=None,
+      help="continue a run: 'auto' (or no value) = the last checkpoint in the run folder, or "
+      "the path of a checkpoint")
+    a("--demo", action="store_true", help="the built-in demo: synthetic Market-shaped data "
+      "(generated once), 20%% random noise, small network, minutes on a CPU")
+
+
+# The built-in demo: a small synthetic Market-shaped dataset, a small network from scratch.
+DEMO_DEFAULTS = dict(data_dir="./demo_data", arch="resnet18", pretrained="none",
+                     img_size=[64, 32], noise_ratio=0.2, epochs=24, milestones=[17, 21],
+                     stage1_epochs=17, eval_every=6, workers=2)
+
+
+def parse_args(parser: argparse.ArgumentParser,
+               argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse and check; with --demo, the demo's values replace the defaults (explicit flags
+    still win)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--demo" in argv:
+        known = {a.dest for a in parser._actions}
+        parser.set_defaults(**{k: v for k, v in DEMO_DEFAULTS.items() if k in known})
+    args = parser.parse_args(argv)
+    check_args(args)
+    return args
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """One UserError for the first flag out of range, before any work starts."""
+    if not 0 <= args.noise_ratio < 1:
+        raise UserError(f"--noise_ratio {args.noise_ratio}: must be in [0, 1)")
+    if args.epochs < 1 or args.batchsize < 2 or args.eval_every < 1:
+        raise UserError("--epochs and --eval_every must be >= 1 and --batchsize >= 2")
+    if list(args.milestones) != sorted(set(args.milestones)):
+        raise UserError(f"--milestones {' '.join(map(str, args.milestones))}: must be strictly "
+                        "ascending (e.g. 20 50)")
+    if args.pattern and args.noise_ratio == 0:
+        raise UserError("--pattern with --noise_ratio 0: patterned noise needs a ratio > 0")

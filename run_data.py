@@ -1,0 +1,170 @@
+"""What a run trains and tests on: the splits as batch pipelines (the image cache on the device
+where it fits, else PIL + DataLoader) and the label noise injected into the training labels.
+
+Views of the training split:
+- ``train``: what the networks learn on (augmented and shuffled, or, with ``--train_transform
+  test``, the test transform, shuffled);
+- ``train_plain``: the same images in order, not augmented: what the label diagnostics ask the
+  networks about;
+- ``train_test_view()``: the test transform (resize to ``--img_size``), in order: what the
+  clean model classifies for patterned noise, as in the released code.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Union
+
+import numpy as np
+import torch
+
+from datasets import load_split
+from datasets.folder import ReIDFolder
+from datasets.market1501 import JUNK_PID
+from datasets.noise import (NoisyLabels, pattern_noise, random_noise,
+                            second_labels_from_logits)
+from datasets.pipeline import (CachedBatches, LoaderBatches, cache_fits, centre_transform,
+                               decoded_split, default_cache_dir, eval_transform, resize_hw,
+                               train_transform)
+from eval_utils import EvalSet, eval_outputs, scoring_identities
+from numerics import Numerics
+from runs import network_from_checkpoint, read_checkpoint, run_name
+from utils import UserError
+
+Batches = Union[CachedBatches, LoaderBatches]
+
+
+@dataclass
+class RunData:
+    train: Batches
+    train_plain: Batches
+    train_test_view: Callable[[], Batches]
+    true_labels: np.ndarray
+    num_classes: int
+    query: EvalSet
+    gallery: EvalSet
+    data_path: str  # "cache" or "loader"
+
+
+def prepare_demo_data(data_dir: Path, workers: int) -> None:
+    """Generate (once) the synthetic download and prepare it exactly as a real one."""
+    from datasets.market1501 import DOWNLOAD_FOLDER
+    from datasets.synthetic import make_preset
+    from prepare_market import prepare
+    ready = data_dir / ".demo_ready"
+    if ready.is_file():
+        return
+    download = data_dir / DOWNLOAD_FOLDER
+    if not download.is_dir():
+        print(f"demo: writing a synthetic Market-1501-shaped download to {download} (once)")
+        make_preset(data_dir, "demo", workers=max(1, workers), progress=True)
+    prepare(download, data_dir / "market")  # completes an interrupted earlier attempt
+    ready.touch()
+
+
+def load_data(args: argparse.Namespace, device: torch.device, numerics: Numerics) -> RunData:
+    """Read the splits and build their batch pipelines (cached on the device where it fits,
+    unless ``numerics.data_path`` says otherwise)."""
+    data_dir = Path(args.data_dir)
+    train = load_split(data_dir, args.dataset, args.train_split)
+    query = load_split(data_dir, args.dataset, "query")
+    gallery = load_split(data_dir, args.dataset, "gallery")
+    if args.eval_protocol == "standard":  # junk never counts: drop it before extraction
+        gallery = gallery.subset(np.flatnonzero(gallery.pids != JUNK_PID))
+
+    crop = tuple(args.img_size)
+    augment = args.train_transform == "augment"
+    train_hw = resize_hw(crop) if augment else crop
+    test_bytes = (len(query) + len(gallery)) * crop[0] * crop[1] * 3
+    use_cache = numerics.data_path == "cache" or (
+        numerics.data_path == "auto" and cache_fits(len(train), train_hw, device, test_bytes))
+    if numerics.data_path == "auto" and not use_cache:
+        print("note: the image cache does not fit in memory; using the PIL/DataLoader path")
+
+    def cached(dataset: ReIDFolder, size: tuple[int, int]) -> torch.Tensor:
+        images = decoded_split(dataset, size, default_cache_dir(dataset), args.workers)
+        return torch.from_numpy(images).to(device)
+
+    def test_view(dataset: ReIDFolder) -> Batches:
+        if use_cache:
+            return CachedBatches(cached(dataset, crop), 4 * args.batchsize)
+        return LoaderBatches(dataset, eval_transform(crop), 4 * args.batchsize, False,
+                             args.workers, device)
+
+    def test_set(dataset: ReIDFolder) -> EvalSet:
+        pids, camids = scoring_identities(dataset.pids, dataset.camids, dataset.classes,
+                                          dataset.targets, [p.name for p in dataset.paths],
+                                          args.eval_protocol)
+        return EvalSet(test_view(dataset), pids, camids)
+
+    if use_cache:  # one copy of the training images serves both views
+        images = cached(train, train_hw)
+        train_batches = CachedBatches(images, args.batchsize, crop, augment, shuffle=True)
+        train_plain = CachedBatches(images, 4 * args.batchsize, crop)
+    else:
+        train_batches = LoaderBatches(train, (train_transform if augment else eval_transform)(
+            crop), args.batchsize, True, args.workers, device)
+        train_plain = LoaderBatches(train, (centre_transform if augment else eval_transform)(
+            crop), 4 * args.batchsize, False, args.workers, device)
+
+    def train_test_view() -> Batches:  # built on demand: only patterned noise needs it
+        return test_view(train) if augment else train_plain
+
+    return RunData(train_batches, train_plain, train_test_view, train.targets.astype(np.int64),
+                   train.num_classes, test_set(query), test_set(gallery),
+                   "cache" if use_cache else "loader")
+
+
+def call_model(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Class logits of the images."""
+    return model(images)
+
+
+def call_model_on_flipped(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Class logits of the mirrored images: what the released second-label pass keeps, because
+    its flip loop overwrites the logits of the image with those of its flip."""
+    return model(images.flip(3))
+
+
+def second_labels(model: torch.nn.Module, data: RunData, view: str,
+                  device: torch.device) -> np.ndarray:
+    """Patterned noise's second label of every training image, from a clean model: its top-1
+    class if wrong, else its top-2; ``view`` 'flipped' (released) or 'plain'."""
+    forward = call_model_on_flipped if view == "flipped" else call_model
+    logits = eval_outputs(model.to(device), data.train_test_view(), forward, device,
+                          desc="clean model's predictions")
+    return second_labels_from_logits(logits.cpu().numpy(), data.true_labels)
+
+
+def noise_meta(args: argparse.Namespace) -> dict:
+    """What noisy_labels.npz and metrics.json say about the noise."""
+    meta = {"noise_type": "pattern" if args.pattern else "random",
+            "noise_ratio": args.noise_ratio, "noise_seed": args.noise_seed, "seed": args.seed}
+    return {**meta, "pattern_view": args.pattern_view} if args.pattern else meta
+
+
+def inject_noise(args: argparse.Namespace, data: RunData, device: torch.device) -> NoisyLabels:
+    """Random noise, or patterned from a clean model's confusions, seeded by --noise_seed."""
+    meta = noise_meta(args)
+    if not args.pattern:
+        noisy, is_clean = random_noise(data.true_labels, args.noise_ratio, data.num_classes,
+                                       args.noise_seed)
+        return NoisyLabels(data.true_labels, noisy, is_clean, meta)
+    if args.pattern_model is None or not Path(args.pattern_model).is_file():
+        clean = argparse.Namespace(**{**vars(args), "method": "baseline", "noise_ratio": 0.0,
+                                      "pattern": False})
+        raise UserError(
+            f"--pattern needs --pattern_model, a baseline checkpoint trained on clean labels "
+            f"(got: {args.pattern_model or 'none'}); train one with: python train_self.py "
+            f"--method baseline --noise_ratio 0 --dataset {args.dataset} --data_dir "
+            f"{args.data_dir} --output_dir {args.output_dir}   and then pass --pattern_model "
+            f"{Path(args.output_dir) / run_name(clean) / 'last.pt'}")
+    state = read_checkpoint(Path(args.pattern_model), "--pattern_model")
+    if state["num_classes"] != data.num_classes:
+        raise UserError(f"--pattern_model {args.pattern_model}: trained on "
+                        f"{state['num_classes']} classes but this training split has "
+                        f"{data.num_classes}; train it on the same dataset and split")
+    second = second_labels(network_from_checkpoint(state), data, args.pattern_view, device)
+    noisy, is_clean = pattern_noise(data.true_labels, args.noise_ratio, second, args.noise_seed)
+    return NoisyLabels(data.true_labels, noisy, is_clean, meta)

@@ -1,0 +1,193 @@
+"""Run folders and checkpoints: naming, saving, reading, resuming, ``--init_from`` and the RNG
+state that makes a resumed run bit-identical to an uninterrupted one.
+
+A checkpoint (``last.pt``, ``best.pt``) is one dict, built and read only here:
+``epoch, method, args, num_classes, networks, optimizers, lambdas, noisy_labels, is_clean,
+true_labels, history, rng``.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from datasets.noise import NoisyLabels
+from methods import Peer
+from model import build_model
+from options import add_common_args
+from utils import UserError, atomic_write
+
+# Settings a resumed run must share with the run it continues.
+MUST_MATCH_ON_RESUME = ("dataset", "train_split", "noise_ratio", "noise_seed", "pattern",
+                        "pattern_view", "seed", "arch", "img_size", "head_act", "dropout",
+                        "train_transform")
+
+
+def run_name(args: argparse.Namespace) -> str:
+    """e.g. market_core_random0.2_noiseseed1_lr0.01_seed1 (no epoch count: --resume can extend
+    a run; clean runs have no noise seed)."""
+    noise = "clean" if args.noise_ratio == 0 else (
+        f"{'pattern' if args.pattern else 'random'}{args.noise_ratio:g}"
+        f"_noiseseed{args.noise_seed}")
+    arch = "" if args.arch == "resnet50" else f"_{args.arch}"
+    return f"{args.dataset}_{args.method}_{noise}_lr{args.lr:g}_seed{args.seed}{arch}"
+
+
+def resolve_run(args: argparse.Namespace, name: str) -> tuple[Path, Optional[Path]]:
+    """(run folder, checkpoint to resume from). A new run never overwrites an earlier one: if
+    the name is taken, it gets a suffix (-2, -3, ...); --resume auto takes the latest."""
+    if args.resume not in (None, "auto"):
+        ckpt = Path(args.resume)
+        if not ckpt.is_file():
+            raise UserError(f"--resume {ckpt}: no such checkpoint; use --resume auto to "
+                            "continue the run folder's last checkpoint")
+        return ckpt.parent, ckpt
+    base = Path(args.output_dir) / name
+    taken = []
+    for i in range(1, 10_000):
+        folder = base if i == 1 else base.with_name(f"{name}-{i}")
+        if not (folder / "last.pt").is_file():
+            break
+        taken.append(folder)
+    if args.resume == "auto":
+        if taken:
+            return taken[-1], taken[-1] / "last.pt"
+        print(f"note: no checkpoint to resume in {base}; starting a new run")
+    return folder, None
+
+
+def rng_states() -> dict[str, Any]:
+    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+              "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    """Put back the generators saved with a checkpoint (every epoch also reseeds its own)."""
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(path: Path, epoch: int, method: str, args: argparse.Namespace,
+                    num_classes: int, peers: Sequence[Peer], labels: NoisyLabels,
+                    history: list[dict]) -> None:
+    """Write everything needed to continue the run after ``epoch``, atomically (a crash leaves
+    the previous file, never a half-written one)."""
+    state = {"epoch": epoch, "method": method, "args": vars(args), "num_classes": num_classes,
+             "networks": [p.net.state_dict() for p in peers],
+             "optimizers": [p.optimizer.state_dict() for p in peers],
+             "lambdas": [p.lam for p in peers],
+             "noisy_labels": labels.noisy_labels, "is_clean": labels.is_clean,
+             "true_labels": labels.clean_labels, "history": history, "rng": rng_states()}
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def copy_checkpoint(source: Path, target: Path) -> None:
+    """``best.pt`` = a copy of the ``last.pt`` just written (atomic, no second serialisation)."""
+    atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
+
+
+def read_checkpoint(path: Path, flag: str) -> dict[str, Any]:
+    """A checkpoint written by this project, or a UserError naming ``flag``."""
+    if not Path(path).is_file():
+        raise UserError(f"{flag} {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise UserError(f"{flag} {path}: cannot read the checkpoint ({err})") from None
+    if not isinstance(state, dict) or "networks" not in state:
+        raise UserError(f"{flag} {path}: not a checkpoint of train_self.py / train_core.py")
+    return state
+
+
+def checkpoint_labels(state: dict[str, Any], meta: dict) -> NoisyLabels:
+    """The noisy labels a checkpoint's run trained on."""
+    return NoisyLabels(state["true_labels"], state["noisy_labels"], state["is_clean"], meta)
+
+
+def load_for_resume(path: Path, args: argparse.Namespace, method: str,
+                    num_classes: int) -> dict[str, Any]:
+    """The checkpoint to resume, checked against this command's settings."""
+    state = read_checkpoint(path, "--resume")
+    if state["method"] != method or state["num_classes"] != num_classes:
+        raise UserError(f"--resume {path}: a {state['method']} run on {state['num_classes']} "
+                        f"classes cannot continue as {method} on {num_classes}")
+    for key in MUST_MATCH_ON_RESUME:
+        saved = state["args"].get(key, "(not recorded)")
+        if saved != getattr(args, key):
+            raise UserError(f"--resume {path}: the run used --{key} {saved}, this command says "
+                            f"{getattr(args, key)}; use the same value or start a new run")
+    return state
+
+
+def restore_peers(peers: Sequence[Peer], state: dict[str, Any]) -> int:
+    """Load networks, optimisers, lambdas and RNG states; returns the epoch to continue at."""
+    for p, net_state, opt_state, lam in zip(peers, state["networks"], state["optimizers"],
+                                            state["lambdas"]):
+        p.net.load_state_dict(net_state)
+        p.optimizer.load_state_dict(opt_state)
+        p.lam = lam
+    restore_rng_states(state["rng"])
+    return state["epoch"] + 1
+
+
+def init_peers_from(paths: Sequence[str], peers: Sequence[Peer], args: argparse.Namespace,
+                    num_classes: int) -> list[str]:
+    """``--init_from CKPT1 CKPT2``, the released code's meaning of ``--resume``: each CORE peer
+    starts from the network of a SELF or baseline run; optimisers, lambda and the epoch start
+    afresh. Returns notes for the log (e.g. the runs trained on other noisy labels)."""
+    if len(paths) != len(peers):
+        raise UserError(f"--init_from takes {len(peers)} checkpoints (one per network), got "
+                        f"{len(paths)}")
+    notes = []
+    for k, (path, peer) in enumerate(zip(paths, peers), start=1):
+        state = read_checkpoint(Path(path), "--init_from")
+        if state["method"] not in ("self", "baseline") or len(state["networks"]) != 1:
+            raise UserError(f"--init_from {path}: a {state['method']} checkpoint; give the "
+                            "last.pt or best.pt of a train_self.py run (SELF or baseline)")
+        if state["num_classes"] != num_classes:
+            raise UserError(f"--init_from {path}: trained on {state['num_classes']} classes "
+                            f"but this training split has {num_classes}; use a run on the same "
+                            "dataset and split")
+        saved = state["args"]
+        if saved["arch"] != args.arch:
+            raise UserError(f"--init_from {path}: a {saved['arch']} network, this run is "
+                            f"--arch {args.arch}; use the same --arch")
+        try:
+            peer.net.load_state_dict(state["networks"][0])
+        except RuntimeError as err:  # e.g. a different head
+            raise UserError(f"--init_from {path}: does not fit this network "
+                            f"({str(err).splitlines()[0]})") from None
+        noise = ("noise_ratio", "noise_seed", "pattern", "dataset", "train_split")
+        differ = [f"--{key} {saved.get(key)}" for key in noise
+                  if saved.get(key) != getattr(args, key)]
+        notes.append(f"network {k} starts from {path} (a {state['method']} run, epoch "
+                     f"{state['epoch']})" + (f"; note: that run trained with {', '.join(differ)}"
+                                             if differ else ""))
+    return notes
+
+
+def checkpoint_args(state: dict[str, Any]) -> argparse.Namespace:
+    """The run's flags, with today's defaults for flags added after it was written."""
+    parser = argparse.ArgumentParser()
+    add_common_args(parser)
+    return argparse.Namespace(**{**vars(parser.parse_args([])), **state["args"]})
+
+
+def network_from_checkpoint(state: dict[str, Any], index: int = 0) -> torch.nn.Module:
+    """Network ``index`` of a checkpoint, rebuilt with the run's own architecture (on the CPU)."""
+    saved = state["args"]
+    net = build_model(saved["arch"], state["num_classes"], "none", saved["head_act"],
+                      saved["dropout"])
+    net.load_state_dict(state["networks"][index])
+    return net
