@@ -36,10 +36,11 @@ from utils import UserError
 
 def build_peers(args: argparse.Namespace, method: Baseline, num_classes: int,
                 device: torch.device, numerics: Numerics) -> list[Peer]:
-    """The method's networks, each with its own head initialisation and SGD optimiser."""
+    """The method's networks and their SGD optimisers, initialised one after the other from
+    one ``--seed`` (as released: ``torch.manual_seed(seed)``, then network 1, then network 2)."""
     peers = []
-    for k in range(method.networks):
-        torch.manual_seed(args.seed * 1000 + k)
+    torch.manual_seed(args.seed)
+    for _ in range(method.networks):
         net = build_model(args.arch, num_classes, args.pretrained, args.head_act, args.dropout)
         net = net.to(device, memory_format=numerics.memory_format)
         optimizer = torch.optim.SGD(net.param_groups(args.lr), lr=args.lr,
@@ -118,17 +119,17 @@ def label_diagnostics(refined: np.ndarray, true: np.ndarray, noisy: np.ndarray,
             "noisy_memorized": mean_or_none((refined == noisy)[noisy_mask])}
 
 
-def network_statistics(method: Baseline, peers: list[Peer], data: RunData, labels: NoisyLabels,
-                       mean_loss: list[float], train_acc: list[float], device: torch.device,
-                       numerics: Numerics) -> list[dict[str, Any]]:
-    """Each network's epoch: loss, accuracy, the lambda it trained with (SELF, CORE) and its
-    label diagnostics; then each peer's lambda moves on to the next epoch's."""
+def network_statistics(method: Baseline, epoch: int, peers: list[Peer], data: RunData,
+                       labels: NoisyLabels, mean_loss: list[float], train_acc: list[float],
+                       device: torch.device, numerics: Numerics) -> list[dict[str, Any]]:
+    """Each network's epoch: loss, accuracy, the lambda it trained with (SELF stages only) and
+    its label diagnostics; then each peer's lambda moves on to the next epoch's."""
     networks = []
     for k, p in enumerate(peers):
         refined = eval_outputs(p.net, data.train_plain, call_model, device, numerics.amp,
                                numerics.channels_last).argmax(dim=1).cpu().numpy()
         stats = {"loss": mean_loss[k], "train_acc": train_acc[k]}
-        if p.lam is not None:
+        if method.uses_lambda(epoch):
             stats["lambda"] = p.lam
         networks.append({**stats, **label_diagnostics(refined, labels.clean_labels,
                                                       labels.noisy_labels, labels.is_clean)})
@@ -197,7 +198,7 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
         epoch_time = time.time() - tic
         if not all(math.isfinite(x) for x in mean_loss):
             raise UserError(f"training diverged at epoch {epoch} (loss {mean_loss}); lower --lr")
-        networks = network_statistics(method, peers, data, labels, mean_loss, train_acc,
+        networks = network_statistics(method, epoch, peers, data, labels, mean_loss, train_acc,
                                       device, numerics)
         scores = {}
         if epoch % args.eval_every == 0 or epoch == args.epochs - 1:

@@ -48,6 +48,10 @@ class Baseline:
     def next_lambda(self, mean_epoch_loss: float) -> Optional[float]:
         return None
 
+    def uses_lambda(self, epoch: int) -> bool:
+        """Whether this epoch's loss has lambda in it (only then is it recorded)."""
+        return False
+
     def schedule_warnings(self, milestones: Sequence[int], epochs: int) -> list[str]:
         return []
 
@@ -65,6 +69,9 @@ class SelfRefining(Baseline):
 
     def next_lambda(self, mean_epoch_loss: float) -> Optional[float]:
         return losses.next_lambda(mean_epoch_loss)
+
+    def uses_lambda(self, epoch: int) -> bool:
+        return self.stage(epoch) == "SELF"
 
 
 class CoRefining(SelfRefining):

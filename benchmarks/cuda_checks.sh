@@ -1,20 +1,55 @@
 #!/usr/bin/env bash
-# The CUDA checks, as one script for a machine with a GPU (about 10 minutes on one H100):
-#   1. build eval_lib in place (offline: no build isolation) and run the CPU-sized tests on it;
-#   2. the demo on CUDA with a reduced epoch count;
-#   3. the training benchmark at Market size (12,936 synthetic images, ResNet-50, 256x128,
-#      batch 32): released-style vs fast path, baseline / SELF / CORE, a whole epoch each.
-# Usage: bash benchmarks/cuda_checks.sh [OUTPUT_DIR]. tensorboardX must be installed (carry
-# its wheel to a machine without internet: pip download tensorboardX).
+# The CUDA checks, as one script for a machine with a GPU (sized for about 8 minutes on one
+# H100; no internet needed):
+#   (a) build eval_lib in place and run the CUDA-relevant tests (numerics, losses, evaluation);
+#   (b) ResNet-50 at 256x128 on Market-sized synthetic data (12,936 training images), CORE for
+#       2 epochs (SELF, then co-refining after the lr decay), --numerics fast vs released, same
+#       seed: loss, label precision, rank-1 and mAP side by side (from each run's metrics.json);
+#   (c) seconds per epoch of baseline / SELF / CORE under both numerics (bench_train.py,
+#       --steps batches scaled to a whole epoch).
+# Usage: bash benchmarks/cuda_checks.sh [OUTPUT_DIR]. Packages missing on the GPU machine
+# (e.g. tensorboardX) can travel as wheels in .whl/ (installed from there when present).
 set -euo pipefail
 out=${1:-cuda_checks_out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
 python -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -2 \
   || python setup.py -q build_ext --inplace
 python -c "import torch, eval_lib; print(torch.__version__, torch.cuda.get_device_name(0), 'eval_lib compiled:', eval_lib.CYTHON_AVAILABLE)"
-python -m pytest -q -x tests/test_losses.py tests/test_eval_lib.py 2>&1 | tail -3
-python train_core.py --demo --device cuda --epochs 8 --milestones 5 7 --stage1_epochs 5 \
-  --output_dir "$out/res" 2>&1 | tee "$out/demo_cuda.log" | grep -E "^(epoch|  test|done|      )"
-python benchmarks/bench_train.py --device cuda --workers 8 --steps 0 --synthetic_dir "$out/data" \
-  2>&1 | tee "$out/bench_cuda.log"
+# (a)
+python -m pytest -q -x tests/test_losses.py tests/test_eval_lib.py tests/test_eval_utils.py \
+  tests/test_released_pipeline.py 2>&1 | tail -3
+# (b)
+python - <<'EOF'
+from pathlib import Path
+import sys
+sys.path.insert(0, ".")
+from benchmarks.bench_train import synthetic_data
+synthetic_data(Path("bench_data"), "market", 16)
+EOF
+common=(--data_dir bench_data --output_dir "$out/res" --pretrained none --epochs 2
+        --milestones 1 --stage1_epochs 0 --eval_every 1 --workers 12 --seed 1)
+for mode in fast released; do
+  python train_core.py "${common[@]}" --numerics "$mode" --run_name "core_$mode" 2>&1 \
+    | tee "$out/core_$mode.log" | grep -E "^(numerics|torch|epoch|  test)"
+done
+python - "$out/res" <<'EOF'
+import json, sys
+from pathlib import Path
+print(f"\n{'':9s}{'epoch':>6s}{'loss1':>8s}{'loss2':>8s}{'prec1':>7s}{'prec2':>7s}"
+      f"{'rank-1':>8s}{'mAP':>7s}{'s/epoch':>9s}")
+for mode in ("fast", "released"):
+    m = json.loads((Path(sys.argv[1]) / f"core_{mode}" / "metrics.json").read_text())
+    for h in m["history"]:
+        n1, n2 = h["networks"]
+        print(f"{mode:9s}{h['epoch']:6d}{n1['loss']:8.3f}{n2['loss']:8.3f}"
+              f"{n1['label_precision']:7.3f}{n2['label_precision']:7.3f}"
+              f"{100 * h['rank1']:8.2f}{100 * h['mAP']:7.2f}{h['epoch_time_s']:9.1f}")
+EOF
+# (c)
+python benchmarks/bench_train.py --device cuda --workers 12 --steps 120 --warmup 5 \
+  --synthetic_dir bench_data 2>&1 | tee "$out/bench_cuda.log" | grep -v "^\["

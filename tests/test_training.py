@@ -81,6 +81,7 @@ def test_core_switches_from_self_to_co_refining_at_stage1_epochs(data_dir, tmp_p
     result = train_core.main(args(data_dir, tmp_path, "--epochs", "3", "--stage1_epochs", "1"))
     metrics = check_run_folder(result, "core", 2)
     assert [h["stage"] for h in metrics["history"]] == ["SELF", "SELF", "co-refining"]
+    assert ["lambda" in h for h in metrics["history"]] == [True, True, False]  # SELF's only
     first = metrics["history"][0]["networks"]
     assert first[0]["loss"] != first[1]["loss"]  # two different peers
 
