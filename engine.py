@@ -29,8 +29,8 @@ from numerics import (Numerics, apply_tf32, choose_numerics, describe_environmen
 from recorder import TEST_KEYS, RunRecorder, format_scores
 from run_data import (RunData, call_model, inject_noise, load_data, noise_meta,
                       prepare_demo_data)
-from runs import (checkpoint_labels, copy_checkpoint, init_peers_from, load_for_resume, resolve_run,
-                  restore_peers, run_name, save_checkpoint)
+from runs import (check_metrics_file, checkpoint_labels, copy_checkpoint, init_peers_from,
+                  load_for_resume, resolve_run, restore_peers, run_name, save_checkpoint)
 from utils import UserError
 
 
@@ -146,12 +146,14 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
     if args.demo:
         prepare_demo_data(Path(args.data_dir), args.workers)
     run_dir, ckpt = resolve_run(args, args.run_name or run_name(args))
+    state = load_for_resume(ckpt, args, method.name) if ckpt else None
+    if state is not None:
+        check_metrics_file(run_dir, state)
     data = load_data(args, device, numerics)
     numerics = dataclasses.replace(numerics, data_path=data.data_path)
     apply_tf32(numerics, device)
 
     # The noisy labels: drawn once, then carried by the checkpoints.
-    state = load_for_resume(ckpt, args, method.name, data.num_classes) if ckpt else None
     labels = (checkpoint_labels(state, noise_meta(args)) if state is not None
               else inject_noise(args, data, device))
     save_noise(run_dir / "noisy_labels.npz", labels.clean_labels, labels.noisy_labels,
@@ -161,7 +163,7 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
     peers = build_peers(args, method, data.num_classes, device, numerics)
     start_epoch, init_notes = 0, []
     if state is not None:
-        start_epoch = restore_peers(peers, state)
+        start_epoch = restore_peers(peers, state, data.num_classes)
     elif getattr(args, "init_from", None):
         init_notes = init_peers_from(args.init_from, peers, args, data.num_classes)
     noisy_dev = torch.as_tensor(labels.noisy_labels, device=device)
@@ -233,6 +235,5 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
                         for k, n in enumerate(rec.history[-1]["networks"])))
     rec.log(f"      files: {run_dir} (metrics.json, curves.png, train.log, best.pt, last.pt, "
             f"tensorboard/: tensorboard --logdir {run_dir / 'tensorboard'})")
-    rec.write_metrics()
     rec.close()
     return {**meta, "history": rec.history, "best": best, "final": final}

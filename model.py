@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from utils import UserError
+from utils import UserError, first_line
 
 # arch -> (torchvision constructor, pool5 dimension, ImageNet weights enum name)
 ARCHS = {
@@ -78,9 +78,14 @@ def _local_state_dict(path: Path) -> dict:
                         "of a torchvision ResNet state dict")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(f"--pretrained {path}: not a readable PyTorch state dict ({err})") from None
-    return state.get("state_dict", state) if isinstance(state, dict) else state
+    except Exception as err:  # torch's message runs to ten lines: keep its first
+        raise UserError(f"--pretrained {path}: not a PyTorch state dict of tensors "
+                        f"({first_line(err)}); give a torchvision ResNet state dict") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise UserError(f"--pretrained {path}: holds a {type(state).__name__}, not a state dict; "
+                        "give a torchvision ResNet state dict")
+    return state
 
 
 def build_model(arch: str, num_classes: int, pretrained: str = "imagenet",

@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
+from datasets import get_dataset_info
 from eval_utils import EVAL_PROTOCOLS
 from model import ARCHS
-from utils import UserError
+from runs import run_name
+from utils import UserError, check_number, check_writable_folder
+
+MIN_IMAGE_SIDE = 16  # ResNet halves the image five times; smaller inputs leave no feature map
 
 NUMERICS = ("fast", "released")
 
@@ -52,8 +57,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     a("--batchsize", type=int, default=32, help="batch size (>= 2: BatchNorm)")
     a("--epochs", type=int, default=61, help="number of epochs (the released code runs "
       "epochs 0..60); with --resume, extends a finished run")
-    a("--milestones", type=int, nargs="+", default=[20, 50],
-      help="epochs at which the learning rate is multiplied by 0.1 (ascending)")
+    a("--milestones", type=int, nargs="*", default=[20, 50],
+      help="epochs at which the learning rate is multiplied by 0.1 (ascending, within the "
+      "run; no value: a constant learning rate)")
     a("--momentum", type=float, default=0.9, help="SGD (Nesterov) momentum, in (0, 1)")
     a("--weight_decay", type=float, default=5e-4, help="SGD weight decay, >= 0")
     a("--img_size", type=int, nargs=2, default=[256, 128], metavar=("H", "W"),
@@ -64,7 +70,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
       "because it switches the training set's transform and never switches it back)")
     # running
     a("--device", default="auto", choices=["auto", "cuda", "cpu"], help="where to train")
-    a("--gpu", default=None, help="CUDA device index to use (the released code's flag)")
+    a("--gpu", type=int, default=None, help="CUDA device index to use (the released code's "
+      "flag)")
     a("--workers", type=int, default=4, help="processes decoding images")
     a("--numerics", default="fast", choices=NUMERICS,
       help="'fast': bf16 autocast, TF32, channels_last and fused SGD on CUDA (each only where "
@@ -114,13 +121,92 @@ def parse_args(parser: argparse.ArgumentParser,
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """One UserError for the first flag out of range, before any work starts."""
-    if not 0 <= args.noise_ratio < 1:
-        raise UserError(f"--noise_ratio {args.noise_ratio}: must be in [0, 1)")
-    if args.epochs < 1 or args.batchsize < 2 or args.eval_every < 1:
-        raise UserError("--epochs and --eval_every must be >= 1 and --batchsize >= 2")
+    """One UserError line for the first flag that is out of range, contradicts another or names
+    a path that cannot serve, before any work starts."""
+    ranges = [
+        ("--noise_ratio", args.noise_ratio, 0 <= args.noise_ratio < 1, "in [0, 1)"),
+        ("--noise_seed", args.noise_seed, args.noise_seed >= 0, "an integer >= 0"),
+        ("--seed", args.seed, args.seed >= 0, "an integer >= 0"),
+        ("--lr", args.lr, args.lr > 0, "> 0 (the released default: 0.01)"),
+        ("--momentum", args.momentum, 0 < args.momentum < 1,
+         "in (0, 1): Nesterov SGD needs momentum > 0 (the released default: 0.9)"),
+        ("--weight_decay", args.weight_decay, args.weight_decay >= 0, ">= 0 (released: 5e-4)"),
+        ("--dropout", args.dropout, 0 <= args.dropout < 1, "in [0, 1) (released: 0.5)"),
+        ("--batchsize", args.batchsize, args.batchsize >= 2,
+         ">= 2 (BatchNorm cannot train on one image; released: 32)"),
+        ("--epochs", args.epochs, args.epochs >= 1, ">= 1 (released: 61)"),
+        ("--eval_every", args.eval_every, args.eval_every >= 1, ">= 1 (released: 2)"),
+        ("--workers", args.workers, args.workers >= 0, ">= 0 (0 decodes in the main process)"),
+    ]
+    if hasattr(args, "stage1_epochs"):  # train_core.py
+        ranges += [
+            ("--kl_weight", args.kl_weight, args.kl_weight >= 0, ">= 0 (released: 1)"),
+            ("--stage1_epochs", args.stage1_epochs, 0 <= args.stage1_epochs <= args.epochs - 2,
+             f"in 0..{args.epochs - 2} with --epochs {args.epochs}, so that co-refining "
+             "starts within the run (released: 20 of 61)"),
+        ]
+    for flag, value, ok, accepted in ranges:
+        check_number(flag, value, ok, accepted)
+    height, width = args.img_size
+    if min(height, width) < MIN_IMAGE_SIDE:
+        raise UserError(f"--img_size {height} {width}: height and width must each be >= "
+                        f"{MIN_IMAGE_SIDE} (released: 256 128)")
+    milestones = " ".join(map(str, args.milestones))
     if list(args.milestones) != sorted(set(args.milestones)):
-        raise UserError(f"--milestones {' '.join(map(str, args.milestones))}: must be strictly "
-                        "ascending (e.g. 20 50)")
+        raise UserError(f"--milestones {milestones}: must be strictly ascending (released: "
+                        "20 50)")
+    if args.milestones and not 1 <= args.milestones[0] <= args.milestones[-1] < args.epochs:
+        raise UserError(f"--milestones {milestones}: must lie in 1..{args.epochs - 1}, within "
+                        f"the run's --epochs {args.epochs} (give no value for a constant "
+                        "learning rate)")
+    if args.gpu is not None and (args.gpu < 0 or args.device == "cpu"):
+        raise UserError(f"--gpu {args.gpu}: " + ("must be a CUDA device index >= 0"
+                                                 if args.gpu < 0 else "contradicts --device cpu"))
+    _check_paths(args)
+
+
+def _check_paths(args: argparse.Namespace) -> None:
     if args.pattern and args.noise_ratio == 0:
         raise UserError("--pattern with --noise_ratio 0: patterned noise needs a ratio > 0")
+    if args.pattern_model is not None and not args.pattern:
+        raise UserError(f"--pattern_model {args.pattern_model} without --pattern: add --pattern "
+                        "for patterned noise, or drop --pattern_model")
+    if args.pattern and (args.pattern_model is None or not Path(args.pattern_model).is_file()):
+        clean = argparse.Namespace(**{**vars(args), "method": "baseline", "noise_ratio": 0.0,
+                                      "pattern": False})
+        raise UserError(
+            f"--pattern needs --pattern_model, a baseline checkpoint trained on clean labels "
+            f"(got: {args.pattern_model or 'none'}: no such file); train one with: python "
+            f"train_self.py --method baseline --noise_ratio 0 --dataset {args.dataset} "
+            f"--data_dir {args.data_dir} --output_dir {args.output_dir}   and then pass "
+            f"--pattern_model {Path(args.output_dir) / run_name(clean) / 'last.pt'}")
+    if args.pretrained not in ("imagenet", "none") and not Path(args.pretrained).is_file():
+        raise UserError(f"--pretrained {args.pretrained}: no such file; give 'imagenet', 'none' "
+                        "or the path of a torchvision ResNet state dict")
+    for path in getattr(args, "init_from", None) or []:
+        if not Path(path).is_file():
+            raise UserError(f"--init_from {path}: no such file; give the last.pt or best.pt of "
+                            "two train_self.py runs")
+    if args.run_name is not None and (not args.run_name or Path(args.run_name).name !=
+                                      args.run_name or args.run_name in (".", "..")):
+        raise UserError(f"--run_name {args.run_name!r}: must be a folder name, without '/'")
+    if args.resume not in (None, "auto"):
+        if not Path(args.resume).is_file():
+            raise UserError(f"--resume {args.resume}: no such checkpoint; use --resume auto to "
+                            "continue the run folder's last checkpoint")
+        if args.run_name is not None and args.run_name != Path(args.resume).parent.name:
+            raise UserError(f"--run_name {args.run_name} contradicts --resume {args.resume} "
+                            f"(that run's folder is {Path(args.resume).parent.name}); drop one")
+    if not args.demo and not (Path(args.data_dir) / get_dataset_info(args.dataset).folder
+                              ).is_dir():
+        folder = Path(args.data_dir) / get_dataset_info(args.dataset).folder
+        raise UserError(f"--data_dir {args.data_dir}: no {folder} folder; prepare the dataset "
+                        f"with: python prepare_market.py --src <download> --dst {folder}")
+    check_writable_folder("--output_dir", args.output_dir)
+
+
+def saved_args(saved: dict) -> argparse.Namespace:
+    """A saved run's flags, with today's defaults for the flags added after it was written."""
+    parser = argparse.ArgumentParser()
+    add_common_args(parser)
+    return argparse.Namespace(**{**vars(parser.parse_args([])), **saved})

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from datasets import SPLITS
 from datasets import market1501 as m
-from utils import UserError, run_cli
+from utils import ArgumentParser, UserError, run_cli
 
 IMAGE_SUFFIX = ".jpg"  # the download's folders also carry a Thumbs.db, which is left out
 PARTIAL_SUFFIX = ".part"  # a file being written is ".<name>.part" until it is complete
@@ -343,7 +343,7 @@ def format_summary(summary: PrepareSummary) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Prepare Market-1501 for training: DST/{train_all,train,val,query,gallery,"
                     "multi-query}/<pid>/<file>.jpg. Safe to rerun: it completes an interrupted "
                     "run and only verifies a complete one.")

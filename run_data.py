@@ -29,7 +29,7 @@ from datasets.pipeline import (CachedBatches, LoaderBatches, cache_fits, centre_
                                train_transform)
 from eval_utils import EvalSet, eval_outputs, scoring_identities
 from numerics import Numerics
-from runs import network_from_checkpoint, read_checkpoint, run_name
+from runs import network_from_checkpoint, read_checkpoint
 from utils import UserError
 
 Batches = Union[CachedBatches, LoaderBatches]
@@ -151,15 +151,6 @@ def inject_noise(args: argparse.Namespace, data: RunData, device: torch.device) 
         noisy, is_clean = random_noise(data.true_labels, args.noise_ratio, data.num_classes,
                                        args.noise_seed)
         return NoisyLabels(data.true_labels, noisy, is_clean, meta)
-    if args.pattern_model is None or not Path(args.pattern_model).is_file():
-        clean = argparse.Namespace(**{**vars(args), "method": "baseline", "noise_ratio": 0.0,
-                                      "pattern": False})
-        raise UserError(
-            f"--pattern needs --pattern_model, a baseline checkpoint trained on clean labels "
-            f"(got: {args.pattern_model or 'none'}); train one with: python train_self.py "
-            f"--method baseline --noise_ratio 0 --dataset {args.dataset} --data_dir "
-            f"{args.data_dir} --output_dir {args.output_dir}   and then pass --pattern_model "
-            f"{Path(args.output_dir) / run_name(clean) / 'last.pt'}")
     state = read_checkpoint(Path(args.pattern_model), "--pattern_model")
     if state["num_classes"] != data.num_classes:
         raise UserError(f"--pattern_model {args.pattern_model}: trained on "

@@ -8,6 +8,7 @@ true_labels, history, rng``.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import shutil
 from pathlib import Path
@@ -19,8 +20,7 @@ import torch
 from datasets.noise import NoisyLabels
 from methods import Peer
 from model import build_model
-from options import add_common_args
-from utils import UserError, atomic_write
+from utils import UserError, atomic_write, first_line
 
 # Settings a resumed run must share with the run it continues.
 MUST_MATCH_ON_RESUME = ("dataset", "train_split", "noise_ratio", "noise_seed", "pattern",
@@ -41,11 +41,8 @@ def run_name(args: argparse.Namespace) -> str:
 def resolve_run(args: argparse.Namespace, name: str) -> tuple[Path, Optional[Path]]:
     """(run folder, checkpoint to resume from). A new run never overwrites an earlier one: if
     the name is taken, it gets a suffix (-2, -3, ...); --resume auto takes the latest."""
-    if args.resume not in (None, "auto"):
+    if args.resume not in (None, "auto"):  # options.check_args made sure it is a file
         ckpt = Path(args.resume)
-        if not ckpt.is_file():
-            raise UserError(f"--resume {ckpt}: no such checkpoint; use --resume auto to "
-                            "continue the run folder's last checkpoint")
         return ckpt.parent, ckpt
     base = Path(args.output_dir) / name
     taken = []
@@ -104,7 +101,8 @@ def read_checkpoint(path: Path, flag: str) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
-        raise UserError(f"{flag} {path}: cannot read the checkpoint ({err})") from None
+        raise UserError(f"{flag} {path}: cannot read it, the file is damaged or truncated "
+                        f"({first_line(err)})") from None
     if not isinstance(state, dict) or "networks" not in state:
         raise UserError(f"{flag} {path}: not a checkpoint of train_self.py / train_core.py")
     return state
@@ -115,13 +113,25 @@ def checkpoint_labels(state: dict[str, Any], meta: dict) -> NoisyLabels:
     return NoisyLabels(state["true_labels"], state["noisy_labels"], state["is_clean"], meta)
 
 
-def load_for_resume(path: Path, args: argparse.Namespace, method: str,
-                    num_classes: int) -> dict[str, Any]:
-    """The checkpoint to resume, checked against this command's settings."""
-    state = read_checkpoint(path, "--resume")
-    if state["method"] != method or state["num_classes"] != num_classes:
-        raise UserError(f"--resume {path}: a {state['method']} run on {state['num_classes']} "
-                        f"classes cannot continue as {method} on {num_classes}")
+def load_for_resume(path: Path, args: argparse.Namespace, method: str) -> dict[str, Any]:
+    """The checkpoint to resume, checked against this command's settings; for a damaged one,
+    the error names the run's other checkpoint when that one is readable."""
+    try:
+        state = read_checkpoint(path, "--resume")
+    except UserError as err:
+        for other in (path.with_name("best.pt"), path.with_name("last.pt")):
+            if other != path and other.is_file():
+                try:
+                    epoch = read_checkpoint(other, "--resume")["epoch"]
+                except UserError:
+                    continue
+                raise UserError(f"{err}; {other} (epoch {epoch}) is readable: resume from it "
+                                f"with --resume {other}") from None
+        raise UserError(f"{err}; no other checkpoint of this run is readable: start a new run "
+                        "without --resume") from None
+    if state["method"] != method:
+        raise UserError(f"--resume {path}: a {state['method']} run cannot continue as {method}; "
+                        "use the script and method that started it")
     for key in MUST_MATCH_ON_RESUME:
         saved = state["args"].get(key, "(not recorded)")
         if saved != getattr(args, key):
@@ -130,8 +140,32 @@ def load_for_resume(path: Path, args: argparse.Namespace, method: str,
     return state
 
 
-def restore_peers(peers: Sequence[Peer], state: dict[str, Any]) -> int:
+def check_metrics_file(run_dir: Path, state: dict[str, Any]) -> None:
+    """Refuse to resume over a metrics.json that is not the run's own: changed by hand, not
+    JSON, or holding epochs beyond the checkpoint (one more is normal after a kill)."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return
+    fix = "move it aside and the run writes a new one from its checkpoint"
+    try:
+        history = json.loads(path.read_text())["history"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path}: not a metrics.json this project wrote ({first_line(err)}); "
+                        f"{fix}") from None
+    saved = json.loads(json.dumps(state["history"]))
+    if history[:len(saved)] != saved:
+        raise UserError(f"{path}: its history differs from the checkpoint's (edited by hand?); "
+                        f"{fix}")
+    if len(history) > len(saved) + 1:
+        raise UserError(f"{path}: holds epochs up to {history[-1].get('epoch')} beyond the "
+                        f"checkpoint's epoch {state['epoch']}, which resuming would drop; {fix}")
+
+
+def restore_peers(peers: Sequence[Peer], state: dict[str, Any], num_classes: int) -> int:
     """Load networks, optimisers, lambdas and RNG states; returns the epoch to continue at."""
+    if state["num_classes"] != num_classes:
+        raise UserError(f"the run to resume was trained on {state['num_classes']} classes, this "
+                        f"training split has {num_classes}; point --data_dir at its dataset")
     for p, net_state, opt_state, lam in zip(peers, state["networks"], state["optimizers"],
                                             state["lambdas"]):
         p.net.load_state_dict(net_state)
@@ -175,13 +209,6 @@ def init_peers_from(paths: Sequence[str], peers: Sequence[Peer], args: argparse.
                      f"{state['epoch']})" + (f"; note: that run trained with {', '.join(differ)}"
                                              if differ else ""))
     return notes
-
-
-def checkpoint_args(state: dict[str, Any]) -> argparse.Namespace:
-    """The run's flags, with today's defaults for flags added after it was written."""
-    parser = argparse.ArgumentParser()
-    add_common_args(parser)
-    return argparse.Namespace(**{**vars(parser.parse_args([])), **state["args"]})
 
 
 def network_from_checkpoint(state: dict[str, Any], index: int = 0) -> torch.nn.Module:

@@ -15,11 +15,11 @@ from typing import Optional, Sequence
 
 from engine import train
 from options import add_common_args, parse_args
-from utils import run_cli
+from utils import ArgumentParser, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage1_epochs", type=int, default=20,
                         help="epochs 0..N train each peer with SELF, co-refining follows (the "

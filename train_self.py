@@ -17,11 +17,11 @@ from typing import Optional, Sequence
 
 from engine import train
 from options import add_common_args, parse_args
-from utils import run_cli
+from utils import ArgumentParser, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", default="self", choices=["self", "baseline"],
                         help="'self': self label refining; 'baseline': plain cross-entropy "

@@ -1,6 +1,9 @@
-"""Small helpers shared by every script: user-facing errors and atomic file writes."""
+"""Small helpers shared by every script: user-facing errors, one-line argument errors, checks
+of paths and numbers, and atomic file writes."""
 from __future__ import annotations
 
+import argparse
+import math
 import os
 import sys
 import tempfile
@@ -16,12 +19,49 @@ class UserError(Exception):
     """
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors (unknown flag, bad number, invalid choice) are one UserError line
+    instead of a usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an exception's message (torch's can run to ten lines)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def check_number(flag: str, value: float, ok: bool, accepted: str) -> None:
+    """UserError ``--flag VALUE: must be ...`` unless ``ok`` (and ``value`` is finite)."""
+    if not ok or not math.isfinite(value):
+        raise UserError(f"{flag} {value}: must be {accepted}")
+
+
+def check_writable_folder(flag: str, folder: str | os.PathLike) -> None:
+    """UserError unless ``folder`` exists as a writable folder or could be created: the nearest
+    existing ancestor must be a folder we can create a file in (tried, then removed)."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {folder}: {existing} is a file, not a folder; choose a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise UserError(f"{flag} {folder}: cannot write in {existing} ({err.strerror}); choose "
+                        "a writable folder") from None
+
+
 def run_cli(main: Callable[[], Any]) -> None:
     """Run a script's ``main`` and turn ``UserError`` / Ctrl-C into a one-line message."""
     try:
         main()
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {first_line(err)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -7,7 +7,6 @@ down each ranking. Run from the repo root: ``python benchmarks/bench_eval.py``.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -18,6 +17,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import eval_lib  # noqa: E402
+from utils import ArgumentParser, run_cli  # noqa: E402
 
 DISTRACTOR_FRACTION = 0.15  # Market: 2,793 of 15,913 non-junk gallery images
 JUNK_FRACTION = 0.10
@@ -72,7 +72,7 @@ def best_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     add = parser.add_argument
     add("--queries", type=int, default=3368, help="number of queries (default: Market's 3368)")
     add("--gallery", type=int, default=15913, help="gallery items, incl. junk (default: 15913)")
@@ -123,4 +123,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -34,7 +34,7 @@ from methods import make_method  # noqa: E402
 from numerics import apply_tf32, choose_numerics  # noqa: E402
 from run_data import load_data  # noqa: E402
 from eval_utils import get_test_acc  # noqa: E402
-from utils import UserError, run_cli  # noqa: E402
+from utils import ArgumentParser, UserError, check_number, run_cli  # noqa: E402
 
 PRESET_FOR = {"cuda": "market", "cpu": "demo"}
 SETTINGS_FOR = {  # (arch, crop H, crop W): the real setting on CUDA, a small one on the CPU
@@ -109,7 +109,7 @@ def time_training(args, method_name: str, data, device, numerics, steps: int,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         choices=["cuda", "cpu"], help="where to run")
@@ -134,6 +134,8 @@ def main() -> None:
                         choices=["baseline", "self", "core"], help="methods to time")
     parser.add_argument("--compile", action="store_true", help="also torch.compile (fast path)")
     bench = parser.parse_args()
+    for flag, value in (("--steps", bench.steps or 0), ("--warmup", bench.warmup)):
+        check_number(flag, value, value >= 0, ">= 0")
 
     device = torch.device(bench.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -16,12 +16,13 @@ from eval_utils import EVAL_PROTOCOLS, get_test_acc  # noqa: E402
 from numerics import choose_numerics, pick_device  # noqa: E402
 from recorder import format_scores  # noqa: E402
 from run_data import load_data  # noqa: E402
-from runs import checkpoint_args, network_from_checkpoint, read_checkpoint  # noqa: E402
-from utils import run_cli  # noqa: E402
+from options import saved_args  # noqa: E402
+from runs import network_from_checkpoint, read_checkpoint  # noqa: E402
+from utils import ArgumentParser, run_cli  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a run's last.pt or best.pt")
     parser.add_argument("--data_dir", default=None, help="override the run's --data_dir")
@@ -29,7 +30,7 @@ def main() -> None:
                         help="where to extract features")
     cli = parser.parse_args()
     state = read_checkpoint(Path(cli.checkpoint), "--checkpoint")
-    args = checkpoint_args(state)
+    args = saved_args(state["args"])
     args.device, args.gpu = cli.device, None
     args.data_dir = cli.data_dir or args.data_dir
     device = pick_device(args)

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets.folder import ReIDFolder, load_image
+from utils import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -85,9 +86,13 @@ class LoaderBatches:
         loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=self.train,
                             num_workers=self.workers, generator=generator,
                             pin_memory=self.device.type == "cuda")
-        for images, _, index in loader:
-            yield (images.to(self.device, non_blocking=True),
-                   index.to(self.device, non_blocking=True))
+        try:
+            for images, _, index in loader:
+                yield (images.to(self.device, non_blocking=True),
+                       index.to(self.device, non_blocking=True))
+        except UserError as err:  # from a worker: the message carries the worker's traceback
+            raise UserError(str(err).strip().splitlines()[-1].split("UserError: ", 1)[-1]
+                            ) from None
 
 
 class CachedBatches:

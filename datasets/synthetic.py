@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from datasets import market1501 as m
-from utils import UserError, run_cli
+from utils import ArgumentParser, UserError, run_cli
 
 HEIGHT, WIDTH = 128, 64
 
@@ -613,7 +613,7 @@ def make_preset(out_dir: str | Path, preset: str = "demo", workers: int = 2, pro
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Write a synthetic Market-1501-shaped download (Market-1501-v15.09.15/ with "
                     "bounding_box_train, bounding_box_test, query, gt_bbox, gt_query) to test "
                     "prepare_market.py and training without the real dataset.")

@@ -19,8 +19,10 @@ from runs import network_from_checkpoint, read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--arch", "resnet18", "--pretrained", "none", "--img_size", "32", "16",
-        "--batchsize", "8", "--workers", "0", "--eval_every", "2", "--lr", "0.05"]
+        "--batchsize", "8", "--workers", "0", "--eval_every", "2", "--lr", "0.05",
+        "--milestones"]  # no value: a constant learning rate (tests set theirs)
 CPU = torch.device("cpu")
+CORE_2 = ["--epochs", "2", "--stage1_epochs", "0"]  # the shortest CORE run: SELF, co-refining
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +90,9 @@ def clean_checkpoint(data_dir, tmp_path_factory):
 
 def test_second_labels_come_from_the_test_transform_of_the_flipped_image(
         data_dir, tmp_path, clean_checkpoint):
-    result = train_core.main(args(data_dir, tmp_path, "--pattern", "--noise_ratio", "0.5",
+    result = train_self.main(args(data_dir, tmp_path, "--pattern", "--noise_ratio", "0.5",
                                   "--pattern_model", str(clean_checkpoint), "--epochs", "1",
-                                  "--stage1_epochs", "0", "--data_path", "cache"))
+                                  "--data_path", "cache"))
     # Restated by hand: the released test transform (bicubic resize to 32x16, no crop) through
     # the PIL path, each batch mirrored, eval mode, top-1 if wrong else top-2.
     train = load_split(data_dir, "market", "train")
@@ -107,10 +109,9 @@ def test_second_labels_come_from_the_test_transform_of_the_flipped_image(
     assert np.array_equal(noisy, expected)
     assert meta["pattern_view"] == "flipped" and result["noise_type"] == "pattern"
 
-    plain = train_core.main(args(data_dir, tmp_path, "--pattern", "--noise_ratio", "0.5",
+    plain = train_self.main(args(data_dir, tmp_path, "--pattern", "--noise_ratio", "0.5",
                                  "--pattern_model", str(clean_checkpoint), "--epochs", "1",
-                                 "--stage1_epochs", "0", "--pattern_view", "plain",
-                                 "--data_path", "loader"))
+                                 "--pattern_view", "plain", "--data_path", "loader"))
     second_plain = second_labels_from_logits(plain_logits, train.targets)
     expected_plain, _ = pattern_noise(train.targets, 0.5, second_plain, seed=1)
     assert np.array_equal(noisy_labels(plain)[0], expected_plain)
@@ -162,7 +163,7 @@ def test_init_from_starts_each_peer_from_a_self_run(data_dir, tmp_path, self_che
             assert torch.equal(value, saved[key]), key
     assert "network 2 starts from" in notes[1]
 
-    result = train_core.main(args(data_dir, tmp_path, "--epochs", "1", "--init_from",
+    result = train_core.main(args(data_dir, tmp_path, *CORE_2, "--init_from",
                                   *map(str, self_checkpoints)))
     log = (Path(result["run_dir"]) / "train.log").read_text()
     assert f"network 1 starts from {self_checkpoints[0]} (a self run, epoch 0)" in log
@@ -170,7 +171,7 @@ def test_init_from_starts_each_peer_from_a_self_run(data_dir, tmp_path, self_che
 
 
 def test_init_from_bad_input_is_one_clear_line(data_dir, tmp_path, self_checkpoints):
-    core = train_core.main(args(data_dir, tmp_path, "--epochs", "1"))
+    core = train_core.main(args(data_dir, tmp_path, *CORE_2))
     wrong_classes = tmp_path / "wrong_classes.pt"
     state = torch.load(self_checkpoints[0], weights_only=False)
     torch.save({**state, "num_classes": 5}, wrong_classes)
@@ -180,7 +181,7 @@ def test_init_from_bad_input_is_one_clear_line(data_dir, tmp_path, self_checkpoi
         ([first, str(Path(core["run_dir"]) / "last.pt")], "a core checkpoint; give the last.pt"),
         ([first, str(wrong_classes)], "trained on 5 classes but this training split has 8"),
     ]:
-        code, _, err = run_cli("train_core.py", *args(data_dir, tmp_path, "--epochs", "1",
+        code, _, err = run_cli("train_core.py", *args(data_dir, tmp_path, *CORE_2,
                                                       "--init_from", *pair))
         assert_one_line_error(code, err, message)
 

@@ -14,7 +14,8 @@ import train_self
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--arch", "resnet18", "--pretrained", "none", "--img_size", "32", "16",
-        "--batchsize", "8", "--workers", "0", "--eval_every", "2", "--lr", "0.05"]
+        "--batchsize", "8", "--workers", "0", "--eval_every", "2", "--lr", "0.05",
+        "--milestones"]  # no value: a constant learning rate (tests set theirs)
 HISTORY_KEYS = {"epoch", "lr", "loss", "train_acc", "label_precision", "rank1", "rank5",
                 "rank10", "mAP", "epoch_time_s"}
 SCORE_KEYS = {"epoch", "rank1", "rank5", "rank10", "mAP"}
@@ -87,9 +88,11 @@ def test_core_switches_from_self_to_co_refining_at_stage1_epochs(data_dir, tmp_p
 
 
 def test_resume_is_bit_identical_to_an_uninterrupted_run(data_dir, tmp_path):
-    common = args(data_dir, tmp_path, "--epochs", "4", "--stage1_epochs", "1")
+    common = args(data_dir, tmp_path, "--epochs", "4", "--stage1_epochs", "0",
+                  "--milestones", "3")
     whole = train_core.main([*common, "--run_name", "whole"])
-    train_core.main([*common, "--run_name", "split", "--epochs", "2"])  # "stopped" after 1
+    # "stopped" after epoch 1 (the lr is the same up to there: the decay comes at 3)
+    train_core.main([*common, "--run_name", "split", "--epochs", "2", "--milestones"])
     resumed = train_core.main([*common, "--run_name", "split", "--resume", "auto"])
     a = torch.load(Path(whole["run_dir"]) / "last.pt", weights_only=False)
     b = torch.load(Path(resumed["run_dir"]) / "last.pt", weights_only=False)
@@ -119,7 +122,7 @@ def test_pattern_noise_uses_the_clean_models_confusions(data_dir, tmp_path):
     assert Path(clean["run_dir"]).name.startswith("market_baseline_clean")
     result = train_core.main(args(data_dir, tmp_path, "--pattern", "--noise_ratio", "0.5",
                                   "--pattern_model", str(Path(clean["run_dir"]) / "last.pt"),
-                                  "--epochs", "1", "--stage1_epochs", "0"))
+                                  "--epochs", "2", "--stage1_epochs", "0"))
     noise = np.load(Path(result["run_dir"]) / "noisy_labels.npz")
     assert result["noise_type"] == "pattern"
     assert 0.3 < result["realised_noise_rate"] < 0.7
@@ -172,11 +175,13 @@ def test_label_diagnostics_split_clean_and_noisy_samples():
 
 
 def test_demo_flag_sets_the_demo_defaults_and_explicit_flags_win():
-    args = train_core.parse_args(train_core.build_parser(), ["--demo", "--epochs", "3"])
+    args = train_core.parse_args(train_core.build_parser(), ["--demo", "--epochs", "3",
+                                                              "--milestones", "2",
+                                                              "--stage1_epochs", "1"])
     assert (args.arch, args.pretrained, args.img_size, args.noise_ratio) == (
         "resnet18", "none", [64, 32], 0.2)
-    assert args.epochs == 3
-    plain = train_core.parse_args(train_core.build_parser(), [])
+    assert (args.epochs, args.milestones, args.stage1_epochs) == (3, [2], 1)
+    plain = train_core.build_parser().parse_args([])  # the defaults, unchecked
     assert (plain.arch, plain.pretrained, plain.epochs, plain.lr) == ("resnet50", "imagenet",
                                                                       61, 0.01)
     assert (plain.milestones, plain.stage1_epochs, plain.batchsize) == ([20, 50], 20, 32)
