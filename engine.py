@@ -23,25 +23,27 @@ from datasets.noise import NoisyLabels, save_noise
 from datasets.pipeline import epoch_seed
 from eval_utils import eval_outputs, get_test_acc
 from methods import Baseline, Peer, make_method
-from model import build_model
+from model import backbone_weights, build_model
 from numerics import (Numerics, apply_tf32, choose_numerics, describe_environment,
                       numerics_record, pick_device)
-from recorder import TEST_KEYS, RunRecorder, format_scores
+from recorder import TEST_KEYS, RunRecorder
 from run_data import (RunData, call_model, inject_noise, load_data, noise_meta,
                       prepare_demo_data)
-from runs import (check_metrics_file, checkpoint_labels, copy_checkpoint, init_peers_from,
-                  load_for_resume, resolve_run, restore_peers, run_name, save_checkpoint)
+from runs import (check_metrics_file, checkpoint_labels, copy_checkpoint,
+                  discard_if_unfinished, init_peers_from, load_for_resume, resolve_run,
+                  restore_peers, run_name, save_checkpoint)
 from utils import UserError
 
 
 def build_peers(args: argparse.Namespace, method: Baseline, num_classes: int,
-                device: torch.device, numerics: Numerics) -> list[Peer]:
+                device: torch.device, numerics: Numerics,
+                weights: Optional[dict] = None) -> list[Peer]:
     """The method's networks and their SGD optimisers, initialised one after the other from
     one ``--seed`` (as released: ``torch.manual_seed(seed)``, then network 1, then network 2)."""
     peers = []
     torch.manual_seed(args.seed)
     for _ in range(method.networks):
-        net = build_model(args.arch, num_classes, args.pretrained, args.head_act, args.dropout)
+        net = build_model(args.arch, num_classes, weights, args.head_act, args.dropout)
         net = net.to(device, memory_format=numerics.memory_format)
         optimizer = torch.optim.SGD(net.param_groups(args.lr), lr=args.lr,
                                     momentum=args.momentum, nesterov=True,
@@ -137,6 +139,33 @@ def network_statistics(method: Baseline, epoch: int, peers: list[Peer], data: Ru
     return networks
 
 
+def train_and_test_epoch(args: argparse.Namespace, method: Baseline, epoch: int,
+                         peers: list[Peer], data: RunData, labels: NoisyLabels,
+                         device: torch.device, numerics: Numerics) -> dict[str, Any]:
+    """One epoch: the lr for it, training, each network's statistics and, every
+    --eval_every epochs and at the last, network 1's test scores; returns its record."""
+    lr = lr_at(args, epoch)
+    for p in peers:
+        for group in p.optimizer.param_groups:
+            group["lr"] = lr * group["lr_mult"]
+    tic = time.time()
+    noisy = torch.as_tensor(labels.noisy_labels, device=device)
+    mean_loss, train_acc, seen = train_one_epoch(method, epoch, args.seed, peers, data, noisy,
+                                                 numerics)
+    epoch_time = time.time() - tic
+    if not all(math.isfinite(x) for x in mean_loss):
+        raise UserError(f"training diverged at epoch {epoch} (loss {mean_loss}); lower --lr")
+    networks = network_statistics(method, epoch, peers, data, labels, mean_loss, train_acc,
+                                  device, numerics)
+    scores = {}
+    if epoch % args.eval_every == 0 or epoch == args.epochs - 1:
+        scores = get_test_acc(peers[0].net, data.query, data.gallery, device, numerics.amp,
+                              numerics.channels_last)
+    return {"epoch": epoch, "lr": lr, "stage": method.stage(epoch), **networks[0],
+            **{k: scores.get(k) for k in TEST_KEYS}, "epoch_time_s": epoch_time,
+            "images_per_s": seen / epoch_time, "networks": networks}
+
+
 def train(args: argparse.Namespace, method_name: str) -> dict:
     """Train, test and save a whole run; returns metrics.json's content."""
     args.method = method_name
@@ -149,91 +178,55 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
     state = load_for_resume(ckpt, args, method.name) if ckpt else None
     if state is not None:
         check_metrics_file(run_dir, state)
+    weights = backbone_weights(args.arch, args.pretrained) if state is None else None
     data = load_data(args, device, numerics)
     numerics = dataclasses.replace(numerics, data_path=data.data_path)
     apply_tf32(numerics, device)
 
-    # The noisy labels: drawn once, then carried by the checkpoints.
-    labels = (checkpoint_labels(state, noise_meta(args)) if state is not None
-              else inject_noise(args, data, device))
-    save_noise(run_dir / "noisy_labels.npz", labels.clean_labels, labels.noisy_labels,
-               labels.is_clean, labels.meta)
-    injected_precision = float((labels.noisy_labels == labels.clean_labels).mean())
+    fresh = state is None and not run_dir.exists()
+    with discard_if_unfinished(run_dir, fresh):
+        # The noisy labels: drawn once, then carried by the checkpoints.
+        labels = (checkpoint_labels(state, noise_meta(args)) if state is not None
+                  else inject_noise(args, data, device))
+        save_noise(run_dir / "noisy_labels.npz", labels.clean_labels, labels.noisy_labels,
+                   labels.is_clean, labels.meta)
+        peers = build_peers(args, method, data.num_classes, device, numerics, weights)
+        start_epoch, init_notes = 0, []
+        if state is not None:
+            start_epoch = restore_peers(peers, state, data.num_classes)
+        elif getattr(args, "init_from", None):
+            init_notes = init_peers_from(args.init_from, peers, args, data.num_classes)
 
-    peers = build_peers(args, method, data.num_classes, device, numerics)
-    start_epoch, init_notes = 0, []
-    if state is not None:
-        start_epoch = restore_peers(peers, state, data.num_classes)
-    elif getattr(args, "init_from", None):
-        init_notes = init_peers_from(args.init_from, peers, args, data.num_classes)
-    noisy_dev = torch.as_tensor(labels.noisy_labels, device=device)
+        environment = numerics_record(numerics, device, args.workers)
+        meta = {"method": method.name, "dataset": args.dataset, **labels.meta,
+                "args": vars(args), "realised_noise_rate": float(1 - labels.is_clean.mean()),
+                "injected_label_precision": float((labels.noisy_labels ==
+                                                   labels.clean_labels).mean()),
+                "device": str(device), "numerics": environment, "run_dir": str(run_dir)}
+        with RunRecorder(run_dir, meta, state["history"] if state else None) as rec:
+            rec.log(f"run {run_dir}  "
+                    f"({f'resuming after epoch {start_epoch - 1}' if state else 'new'})")
+            rec.log(numerics.describe())
+            rec.log(describe_environment(environment))
+            rec.log(f"{method.name} on {args.dataset}/{args.train_split}: "
+                    f"{len(labels.clean_labels)} images, {data.num_classes} identities; "
+                    f"{meta['noise_type']} noise {args.noise_ratio:g} (noise seed "
+                    f"{args.noise_seed}, realised {meta['realised_noise_rate']:.4f}); query "
+                    f"{len(data.query)}, gallery {len(data.gallery)}; {args.arch}, seed "
+                    f"{args.seed}")
+            for line in init_notes + method.schedule_warnings(args.milestones, args.epochs):
+                rec.log(line)
+            if start_epoch >= args.epochs:
+                rec.log(f"nothing to train: the run already has {start_epoch} epochs; pass a "
+                        "larger --epochs to extend it")
 
-    environment = numerics_record(numerics, device, args.workers)
-    meta = {"method": method.name, "dataset": args.dataset, **labels.meta, "args": vars(args),
-            "realised_noise_rate": float(1 - labels.is_clean.mean()),
-            "injected_label_precision": injected_precision, "device": str(device),
-            "numerics": environment, "run_dir": str(run_dir)}
-    rec = RunRecorder(run_dir, meta, state["history"] if state else None)
-    rec.log(f"run {run_dir}  "
-            f"({f'resuming after epoch {start_epoch - 1}' if state else 'new'})")
-    rec.log(numerics.describe())
-    rec.log(describe_environment(environment))
-    rec.log(f"{method.name} on {args.dataset}/{args.train_split}: {len(labels.clean_labels)} "
-            f"images, {data.num_classes} identities; {meta['noise_type']} noise "
-            f"{args.noise_ratio:g} (noise seed {args.noise_seed}, realised "
-            f"{meta['realised_noise_rate']:.4f}); query {len(data.query)}, gallery "
-            f"{len(data.gallery)}; {args.arch}, seed {args.seed}")
-    for line in init_notes + method.schedule_warnings(args.milestones, args.epochs):
-        rec.log(line)
-
-    if start_epoch >= args.epochs:
-        rec.log(f"nothing to train: the run already has {start_epoch} epochs; pass a larger "
-                "--epochs to extend it")
-    for epoch in range(start_epoch, args.epochs):
-        lr = lr_at(args, epoch)
-        for p in peers:
-            for group in p.optimizer.param_groups:
-                group["lr"] = lr * group["lr_mult"]
-        tic = time.time()
-        mean_loss, train_acc, seen = train_one_epoch(method, epoch, args.seed, peers, data,
-                                                     noisy_dev, numerics)
-        epoch_time = time.time() - tic
-        if not all(math.isfinite(x) for x in mean_loss):
-            raise UserError(f"training diverged at epoch {epoch} (loss {mean_loss}); lower --lr")
-        networks = network_statistics(method, epoch, peers, data, labels, mean_loss, train_acc,
-                                      device, numerics)
-        scores = {}
-        if epoch % args.eval_every == 0 or epoch == args.epochs - 1:
-            scores = get_test_acc(peers[0].net, data.query, data.gallery, device, numerics.amp,
-                                  numerics.channels_last)
-        record = {"epoch": epoch, "lr": lr, "stage": method.stage(epoch), **networks[0],
-                  **{k: scores.get(k) for k in TEST_KEYS},
-                  "epoch_time_s": epoch_time, "images_per_s": seen / epoch_time,
-                  "networks": networks}
-        rec.add_epoch(record)
-        nets = "  ".join(f"net{k + 1} loss {n['loss']:.3f} acc {n['train_acc']:.3f}"
-                         + (f" lambda {n['lambda']:.2f}" if "lambda" in n else "")
-                         + f" label-prec {n['label_precision']:.3f}"
-                         for k, n in enumerate(networks))
-        rec.log(f"epoch {epoch}/{args.epochs - 1} [{record['stage']}] lr {lr:.4g}  {nets}  "
-                f"{epoch_time:.1f}s {seen / epoch_time:.0f} img/s")
-        if scores:
-            rec.log(f"  test epoch {epoch}: {format_scores(scores)}")
-
-        save_checkpoint(run_dir / "last.pt", epoch, method.name, args, data.num_classes, peers,
-                        labels, rec.history)
-        best, _ = rec.summary()
-        if scores and best["epoch"] == epoch:
-            copy_checkpoint(run_dir / "last.pt", run_dir / "best.pt")
-
-    best, final = rec.summary()
-    rec.log(f"done: best (epoch {best['epoch']}, chosen on the test set, optimistic) "
-            f"{format_scores(best)}")
-    rec.log(f"      final (epoch {final['epoch']}) {format_scores(final)}")
-    rec.log(f"      label precision: injected {injected_precision:.3f} -> refined "
-            + ", ".join(f"net{k + 1} {n['label_precision']:.3f}"
-                        for k, n in enumerate(rec.history[-1]["networks"])))
-    rec.log(f"      files: {run_dir} (metrics.json, curves.png, train.log, best.pt, last.pt, "
-            f"tensorboard/: tensorboard --logdir {run_dir / 'tensorboard'})")
-    rec.close()
+            for epoch in range(start_epoch, args.epochs):
+                record = train_and_test_epoch(args, method, epoch, peers, data, labels, device,
+                                              numerics)
+                rec.add_epoch(record)
+                save_checkpoint(run_dir / "last.pt", epoch, method.name, args,
+                                data.num_classes, peers, labels, rec.history)
+                if record["rank1"] is not None and rec.summary()[0]["epoch"] == epoch:
+                    copy_checkpoint(run_dir / "last.pt", run_dir / "best.pt")
+            best, final = rec.report()
     return {**meta, "history": rec.history, "best": best, "final": final}

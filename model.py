@@ -5,7 +5,9 @@ what retrieval uses at test time (2048-d for ResNet-50).
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
@@ -78,9 +80,11 @@ def _local_state_dict(path: Path) -> dict:
                         "of a torchvision ResNet state dict")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch's message runs to ten lines: keep its first
-        raise UserError(f"--pretrained {path}: not a PyTorch state dict of tensors "
-                        f"({first_line(err)}); give a torchvision ResNet state dict") from None
+    except Exception as err:  # torch's message for a non-tensor file is a ten-line lecture
+        why = "it holds more than tensors" if isinstance(err, pickle.UnpicklingError) else (
+            first_line(err))
+        raise UserError(f"--pretrained {path}: not a PyTorch state dict of tensors ({why}); "
+                        "give a torchvision ResNet state dict") from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict):
         raise UserError(f"--pretrained {path}: holds a {type(state).__name__}, not a state dict; "
@@ -88,21 +92,33 @@ def _local_state_dict(path: Path) -> dict:
     return state
 
 
-def build_model(arch: str, num_classes: int, pretrained: str = "imagenet",
-                activation: str = "leaky_relu", dropout: float = 0.5) -> ReIDNet:
-    """Make a ReIDNet; ``pretrained`` is ``imagenet``, ``none`` or a local state-dict path."""
+def backbone_weights(arch: str, pretrained: str) -> Optional[dict]:
+    """The backbone state dict ``pretrained`` names ('imagenet', 'none' or a local file),
+    checked to fit ``arch`` (so a wrong file fails before any data is read); None for 'none'."""
     if arch not in ARCHS:
         raise UserError(f"--arch {arch}: unknown; choose one of {', '.join(ARCHS)}")
-    model = ReIDNet(arch, num_classes, activation=activation, dropout=dropout)
-    if pretrained == "none":
-        return model
+    if pretrained is None or pretrained == "none":
+        return None
     state = (_imagenet_state_dict(arch) if pretrained == "imagenet"
              else _local_state_dict(Path(pretrained)))
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    state = {k: v for k, v in state.items() if not str(k).startswith("fc.")}
+    backbone = ARCHS[arch][0](weights=None)
+    backbone.fc = nn.Identity()
     try:
-        model.backbone.load_state_dict(state)
-    except RuntimeError as err:  # missing/unexpected keys or shape mismatches
-        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+        backbone.load_state_dict(state)
+    except (RuntimeError, TypeError) as err:  # missing/unexpected keys or shape mismatches
+        lines = str(err).splitlines()
         raise UserError(f"--pretrained {pretrained}: not a {arch} backbone state dict "
-                        f"({first})") from None
+                        f"({(lines[1] if len(lines) > 1 else lines[0]).strip()})") from None
+    return state
+
+
+def build_model(arch: str, num_classes: int, pretrained: Union[str, dict, None] = "imagenet",
+                activation: str = "leaky_relu", dropout: float = 0.5) -> ReIDNet:
+    """Make a ReIDNet; ``pretrained`` is 'imagenet', 'none', a local state-dict path, or the
+    backbone state dict itself (``backbone_weights``; None = from scratch)."""
+    weights = backbone_weights(arch, pretrained) if isinstance(pretrained, str) else pretrained
+    model = ReIDNet(arch, num_classes, activation=activation, dropout=dropout)
+    if weights is not None:
+        model.backbone.load_state_dict(weights)
     return model

@@ -14,7 +14,6 @@ interruption completes the job), verify, summarise against Market-1501's officia
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys

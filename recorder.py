@@ -30,7 +30,8 @@ class RunRecorder:
         self.log_file.write(message + "\n")
 
     def add_epoch(self, record: dict[str, Any]) -> None:
-        """Record one epoch: TensorBoard scalars, metrics.json (atomically) and the curves."""
+        """Record one epoch: TensorBoard scalars, metrics.json (atomically), the curves and its
+        console line."""
         epoch = record["epoch"]
         self.tb.add_scalar("lr", record["lr"], epoch)
         for k, stats in enumerate(record["networks"], start=1):
@@ -45,6 +46,15 @@ class RunRecorder:
         self.write_metrics()
         if record.get("rank1") is not None:
             self.plot_curves()
+        nets = "  ".join(f"net{k + 1} loss {n['loss']:.3f} acc {n['train_acc']:.3f}"
+                         + (f" lambda {n['lambda']:.2f}" if "lambda" in n else "")
+                         + f" label-prec {n['label_precision']:.3f}"
+                         for k, n in enumerate(record["networks"]))
+        self.log(f"epoch {epoch}/{self.meta['args']['epochs'] - 1} [{record['stage']}] lr "
+                 f"{record['lr']:.4g}  {nets}  {record['epoch_time_s']:.1f}s "
+                 f"{record['images_per_s']:.0f} img/s")
+        if record.get("rank1") is not None:
+            self.log(f"  test epoch {epoch}: {format_scores(record)}")
 
     def summary(self) -> tuple[Optional[dict], Optional[dict]]:
         """(best-by-rank-1, final) test results, each with its epoch."""
@@ -90,9 +100,29 @@ class RunRecorder:
         atomic_write(self.run_dir / "curves.png", lambda tmp: fig.savefig(tmp, format="png"))
         plt.close(fig)
 
+    def report(self) -> tuple[Optional[dict], Optional[dict]]:
+        """Log the run's end: best and final test scores, label precision, where the files are;
+        returns (best, final)."""
+        best, final = self.summary()
+        self.log(f"done: best (epoch {best['epoch']}, chosen on the test set, optimistic) "
+                 f"{format_scores(best)}")
+        self.log(f"      final (epoch {final['epoch']}) {format_scores(final)}")
+        self.log(f"      label precision: injected {self.meta['injected_label_precision']:.3f} "
+                 "-> refined " + ", ".join(f"net{k + 1} {n['label_precision']:.3f}" for k, n
+                                           in enumerate(self.history[-1]["networks"])))
+        self.log(f"      files: {self.run_dir} (metrics.json, curves.png, train.log, best.pt, "
+                 f"last.pt, tensorboard/: tensorboard --logdir {self.run_dir / 'tensorboard'})")
+        return best, final
+
     def close(self) -> None:
         self.tb.close()
         self.log_file.close()
+
+    def __enter__(self) -> RunRecorder:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
 
 def format_scores(scores: dict[str, float]) -> str:

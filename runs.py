@@ -11,8 +11,9 @@ import argparse
 import json
 import random
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -56,6 +57,18 @@ def resolve_run(args: argparse.Namespace, name: str) -> tuple[Path, Optional[Pat
             return taken[-1], taken[-1] / "last.pt"
         print(f"note: no checkpoint to resume in {base}; starting a new run")
     return folder, None
+
+
+@contextmanager
+def discard_if_unfinished(run_dir: Path, fresh: bool) -> Iterator[None]:
+    """A new run whose start fails (bad data, an error in its first epoch, Ctrl-C) before its
+    first checkpoint leaves no half-made run folder behind."""
+    try:
+        yield
+    except BaseException:
+        if fresh and not (run_dir / "last.pt").is_file():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def rng_states() -> dict[str, Any]:

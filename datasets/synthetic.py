@@ -15,7 +15,6 @@ Same spec and seed give byte-identical files: every image draws from its own gen
 """
 from __future__ import annotations
 
-import argparse
 import colorsys
 import contextlib
 import dataclasses

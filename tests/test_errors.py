@@ -1,0 +1,287 @@
+"""The catalogue of bad inputs: wrong flags, broken data, broken run folders.
+
+Every case runs a script's real entry point (``run_cli(main)``, as its ``__main__`` does, or the
+script itself in a subprocess) and asserts: exit status 2, exactly one line on stderr, no
+traceback, and that nothing the user had changed (sha256 of the data and the output folder
+before and after). Odd but valid images (alpha, greyscale, CMYK, stray files) must train.
+"""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import file_digests
+from PIL import Image
+
+import prepare_market
+import train_core
+import train_self
+from utils import run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--arch", "resnet18", "--pretrained", "none", "--img_size", "32", "16",
+        "--batchsize", "8", "--workers", "0", "--lr", "0.05", "--milestones"]
+
+
+@pytest.fixture
+def world(prepared_market, tmp_path):
+    """A private copy of the prepared data and an output folder with an earlier run in it."""
+    data = tmp_path / "data"
+    shutil.copytree(prepared_market, data / "market")
+    out = tmp_path / "res"
+    (out / "earlier").mkdir(parents=True)
+    (out / "earlier" / "notes.txt").write_text("the user's own file\n")
+    return data, out
+
+
+def run_script(module, argv, capsys, monkeypatch):
+    """(exit status, stderr) of ``module.main`` run as its ``__main__`` runs it."""
+    monkeypatch.setattr(sys, "argv", [f"{module.__name__}.py", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(module.main)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def assert_one_line(code, err, message):
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert message in err, err
+
+
+def expect_error(module, argv, message, world, capsys, monkeypatch):
+    data, out = world
+    before = (file_digests(data), file_digests(out))
+    code, err = run_script(module, argv, capsys, monkeypatch)
+    assert_one_line(code, err, message)
+    assert (file_digests(data), file_digests(out)) == before
+    return err
+
+
+def base(world, *extra):
+    data, out = world
+    return ["--data_dir", str(data), "--output_dir", str(out), *TINY, *extra]
+
+
+# ---- flags: every numeric range, choices, paths, combinations ----------------------------------
+
+FLAG_CASES = [
+    (["--noise_ratio", "1.0"], "--noise_ratio 1.0: must be in [0, 1)"),
+    (["--noise_ratio", "-0.1"], "--noise_ratio -0.1: must be in [0, 1)"),
+    (["--noise_seed", "-1"], "--noise_seed -1: must be an integer >= 0"),
+    (["--seed", "-3"], "--seed -3: must be an integer >= 0"),
+    (["--lr", "-1"], "--lr -1.0: must be > 0"),
+    (["--lr", "0"], "--lr 0.0: must be > 0"),
+    (["--lr", "nan"], "--lr nan: must be > 0"),
+    (["--momentum", "0"], "--momentum 0.0: must be in (0, 1)"),
+    (["--momentum", "1"], "--momentum 1.0: must be in (0, 1)"),
+    (["--weight_decay", "-0.001"], "--weight_decay -0.001: must be >= 0"),
+    (["--dropout", "1"], "--dropout 1.0: must be in [0, 1)"),
+    (["--batchsize", "1"], "--batchsize 1: must be >= 2"),
+    (["--epochs", "0"], "--epochs 0: must be >= 1"),
+    (["--eval_every", "0"], "--eval_every 0: must be >= 1"),
+    (["--workers", "-1"], "--workers -1: must be >= 0"),
+    (["--kl_weight", "-1"], "--kl_weight -1.0: must be >= 0"),
+    (["--stage1_epochs", "-1"], "--stage1_epochs -1: must be in 0..59 with --epochs 61"),
+    (["--epochs", "10", "--stage1_epochs", "20"],
+     "--stage1_epochs 20: must be in 0..8 with --epochs 10, so that co-refining starts"),
+    (["--img_size", "0", "0"], "--img_size 0 0: height and width must each be >= 16"),
+    (["--milestones", "5", "2"], "--milestones 5 2: must be strictly ascending"),
+    (["--epochs", "30", "--milestones", "20", "50"],
+     "--milestones 20 50: must lie in 1..29, within the run's --epochs 30"),
+    (["--milestones", "0", "5"], "--milestones 0 5: must lie in 1..60"),
+    (["--gpu", "-1"], "--gpu -1: must be a CUDA device index >= 0"),
+    (["--gpu", "0", "--device", "cpu"], "--gpu 0: contradicts --device cpu"),
+    (["--lr", "abc"], "argument --lr: invalid float value: 'abc'"),
+    (["--arch", "resnet99"], "argument --arch: invalid choice: 'resnet99'"),
+    (["--no_such_flag"], "unrecognized arguments: --no_such_flag"),
+    (["--dataset", "nowhere"], "unknown dataset 'nowhere'; choose one of: market"),
+    (["--pattern"], "--pattern needs --pattern_model"),
+    (["--pattern", "--pattern_model", "missing.pt"], "(got: missing.pt: no such file)"),
+    (["--pattern_model", "x.pt"], "--pattern_model x.pt without --pattern"),
+    (["--pattern", "--noise_ratio", "0"], "--pattern with --noise_ratio 0"),
+    (["--pretrained", "missing.pth"], "--pretrained missing.pth: no such file"),
+    (["--init_from", "a.pt", "b.pt"], "--init_from a.pt: no such file"),
+    (["--run_name", "a/b"], "--run_name 'a/b': must be a folder name"),
+    (["--resume", "missing/last.pt"], "--resume missing/last.pt: no such checkpoint"),
+    (["--numerics", "released", "--amp", "on"], "--amp on contradicts --numerics released"),
+]
+
+
+@pytest.mark.parametrize("extra, message", FLAG_CASES, ids=[" ".join(c[0]) for c in FLAG_CASES])
+def test_bad_flag_is_one_line(world, capsys, monkeypatch, extra, message):
+    expect_error(train_core, base(world, "--stage1_epochs", "0", "--epochs", "61", *extra),
+                 message, world, capsys, monkeypatch)
+
+
+def test_bad_paths_are_one_line(world, tmp_path, capsys, monkeypatch):
+    data, out = world
+    not_a_folder = tmp_path / "a_file"
+    not_a_folder.write_text("x")
+    expect_error(train_self, base(world, "--data_dir", str(tmp_path / "nowhere")),
+                 "no " + str(tmp_path / "nowhere" / "market") + " folder; prepare the dataset",
+                 world, capsys, monkeypatch)
+    expect_error(train_self, base(world, "--output_dir", str(not_a_folder / "res")),
+                 f"--output_dir {not_a_folder / 'res'}: {not_a_folder} is a file, not a folder",
+                 world, capsys, monkeypatch)
+    ckpt = out / "earlier" / "last.pt"
+    ckpt.write_bytes(b"")  # the name is all this check looks at
+    expect_error(train_self, base(world, "--resume", str(ckpt), "--run_name", "other"),
+                 f"--run_name other contradicts --resume {ckpt}", world, capsys, monkeypatch)
+
+
+def test_read_only_output_folder_is_one_line(world, capsys, monkeypatch):
+    read_only = Path("/sys/core_reid_runs")
+    try:
+        (read_only.parent / ".probe").write_text("")
+        pytest.skip("/sys is writable here")
+    except OSError:
+        pass
+    expect_error(train_self, base(world, "--output_dir", str(read_only)),
+                 f"--output_dir {read_only}: cannot write in /sys", world, capsys, monkeypatch)
+
+
+def test_pretrained_file_that_is_not_a_state_dict(world, tmp_path, capsys, monkeypatch):
+    text = tmp_path / "weights.pth"
+    text.write_text("not weights")
+    err = expect_error(train_self, base(world, "--pretrained", str(text), "--epochs", "1"),
+                       f"--pretrained {text}: not a PyTorch state dict of tensors", world, capsys,
+                       monkeypatch)
+    assert "docs" not in err and "weights_only" not in err  # not torch's ten-line lecture
+    a_list = tmp_path / "list.pth"
+    torch.save([torch.zeros(1)], a_list)
+    expect_error(train_self, base(world, "--pretrained", str(a_list), "--epochs", "1"),
+                 "holds a list, not a state dict", world, capsys, monkeypatch)
+
+
+def test_argparse_errors_are_one_line_from_the_shell(tmp_path):
+    for script, argv, message in [
+        ("train_self.py", ["--batchsize", "x"], "argument --batchsize: invalid int value"),
+        ("prepare_market.py", ["--dst", str(tmp_path)], "the following arguments are required"),
+        ("benchmarks/bench_eval.py", ["--queries", "0"], "must be >= 1"),
+        ("benchmarks/bench_train.py", ["--steps", "-1"], "--steps -1: must be >= 0"),
+        ("benchmarks/compare_protocols.py", ["--checkpoint", "missing.pt"],
+         "--checkpoint missing.pt: no such file"),
+    ]:
+        proc = subprocess.run([sys.executable, script, *argv], cwd=REPO, capture_output=True,
+                              text=True, timeout=120)
+        assert_one_line(proc.returncode, proc.stderr, message)
+
+
+def test_prepare_market_bad_source_is_one_line(world, tmp_path, capsys, monkeypatch):
+    expect_error(prepare_market, ["--src", str(tmp_path / "none.zip"), "--dst",
+                                  str(tmp_path / "out")], "source not found", world, capsys,
+                 monkeypatch)
+
+
+# ---- broken data -------------------------------------------------------------------------------
+
+def first_train_image(data: Path) -> Path:
+    folder = sorted((data / "market" / "train").iterdir())[0]
+    return sorted(folder.iterdir())[0]
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not an image", b"\xff\xd8\xff\xe0" + b"0" * 64],
+                         ids=["zero-byte", "not-an-image", "truncated-jpeg"])
+@pytest.mark.parametrize("data_path, workers", [("cache", "0"), ("loader", "1")])
+def test_broken_image_is_one_line_naming_it(world, capsys, monkeypatch, content, data_path,
+                                            workers):
+    data, out = world
+    broken = first_train_image(data)
+    broken.write_bytes(content)
+    expect_error(train_self, base(world, "--epochs", "1", "--data_path", data_path,
+                                  "--workers", workers),
+                 f"cannot read image {broken}", world, capsys, monkeypatch)
+    cache = data / "market" / ".cache"
+    assert not cache.exists() or not [p for p in cache.iterdir() if "train" in p.name]
+
+
+def test_empty_identity_folder_is_one_line(world, capsys, monkeypatch):
+    data, _ = world
+    empty = data / "market" / "train" / "9999"
+    empty.mkdir()
+    expect_error(train_self, base(world, "--epochs", "1"),
+                 f"identity folder {empty} holds no images", world, capsys, monkeypatch)
+
+
+def rewrite(path: Path, mode: str, fmt: str) -> None:
+    """Re-encode an image in another mode and format, keeping its (.jpg) name."""
+    with Image.open(path) as img:
+        converted = img.convert(mode)
+    buffer = io.BytesIO()
+    converted.save(buffer, format=fmt)
+    path.write_bytes(buffer.getvalue())
+
+
+@pytest.mark.parametrize("data_path", ["cache", "loader"])
+def test_odd_images_and_stray_files_train(world, data_path):
+    data, out = world
+    folders = sorted((data / "market" / "train").iterdir())
+    images = [sorted(f.iterdir())[0] for f in folders[:3]]
+    rewrite(images[0], "RGBA", "PNG")   # a PNG with alpha behind a .jpg name
+    rewrite(images[1], "L", "JPEG")     # greyscale
+    rewrite(images[2], "CMYK", "JPEG")  # CMYK
+    (folders[0] / "Thumbs.db").write_bytes(b"\x00" * 16)  # stray non-image files
+    (data / "market" / "train" / "README.txt").write_text("notes")
+    result = train_self.main(base(world, "--epochs", "1", "--data_path", data_path))
+    with np.load(Path(result["run_dir"]) / "noisy_labels.npz") as npz:
+        assert len(npz["clean_labels"]) == 32  # the stray files are not samples
+    assert np.isfinite(result["history"][0]["loss"])
+
+
+# ---- broken run folders ----------------------------------------------------------------------
+
+@pytest.fixture
+def finished_run(world):
+    result = train_self.main(base(world, "--method", "baseline", "--epochs", "2",
+                                  "--eval_every", "1", "--run_name", "run"))
+    return Path(result["run_dir"])
+
+
+def test_truncated_last_checkpoint_names_best(world, finished_run, capsys, monkeypatch):
+    last = finished_run / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    best_epoch = torch.load(finished_run / "best.pt", weights_only=False)["epoch"]
+    expect_error(train_self, base(world, "--method", "baseline", "--epochs", "3",
+                                  "--run_name", "run", "--resume"),
+                 f"{last}: cannot read it, the file is damaged or truncated", world, capsys,
+                 monkeypatch)
+    _, err = run_script(train_self, base(world, "--method", "baseline", "--epochs", "3",
+                                         "--run_name", "run", "--resume"), capsys, monkeypatch)
+    assert f"{finished_run / 'best.pt'} (epoch {best_epoch}) is readable" in err
+    (finished_run / "best.pt").write_bytes(b"garbage")
+    expect_error(train_self, base(world, "--method", "baseline", "--epochs", "3",
+                                  "--run_name", "run", "--resume"),
+                 "no other checkpoint of this run is readable", world, capsys, monkeypatch)
+
+
+@pytest.mark.parametrize("edit", ["value", "not-json"])
+def test_hand_edited_metrics_is_not_overwritten(world, finished_run, capsys, monkeypatch, edit):
+    metrics = finished_run / "metrics.json"
+    if edit == "value":
+        content = json.loads(metrics.read_text())
+        content["history"][0]["rank1"] = 0.99
+        metrics.write_text(json.dumps(content))
+    else:
+        metrics.write_text("{ truncated")
+    expect_error(train_self, base(world, "--method", "baseline", "--epochs", "3",
+                                  "--run_name", "run", "--resume"),
+                 f"{metrics}: ", world, capsys, monkeypatch)
+
+
+def test_resume_from_an_earlier_checkpoint_refuses_to_drop_later_epochs(
+        world, finished_run, capsys, monkeypatch):
+    early = finished_run / "epoch1.pt"
+    shutil.copyfile(finished_run / "last.pt", early)  # after epoch 1
+    train_self.main(base(world, "--method", "baseline", "--epochs", "4", "--eval_every", "1",
+                         "--run_name", "run", "--resume"))  # the run goes on to epoch 3
+    expect_error(train_self, base(world, "--method", "baseline", "--epochs", "4",
+                                  "--run_name", "run", "--resume", str(early)),
+                 "holds epochs up to 3 beyond the checkpoint's epoch 1, which resuming would "
+                 "drop", world, capsys, monkeypatch)
