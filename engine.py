@@ -13,7 +13,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -29,10 +29,10 @@ from numerics import (Numerics, apply_tf32, choose_numerics, describe_environmen
 from recorder import TEST_KEYS, RunRecorder
 from run_data import (RunData, call_model, inject_noise, load_data, noise_meta,
                       prepare_demo_data)
-from runs import (check_metrics_file, checkpoint_labels, copy_checkpoint,
-                  discard_if_unfinished, init_peers_from, load_for_resume, resolve_run,
-                  restore_peers, run_name, save_checkpoint)
-from utils import UserError
+from runs import (EpochProgress, StopSignals, check_metrics_file, checkpoint_labels,
+                  copy_checkpoint, discard_if_unfinished, init_peers_from, load_for_resume,
+                  resolve_run, restore_peers, restore_rng_states, run_name, save_checkpoint)
+from utils import RunInterrupted, UserError
 
 
 def build_peers(args: argparse.Namespace, method: Baseline, num_classes: int,
@@ -60,22 +60,38 @@ def lr_at(args: argparse.Namespace, epoch: int) -> float:
 
 
 def train_one_epoch(method: Baseline, epoch: int, seed: int, peers: list[Peer], data: RunData,
-                    noisy: torch.Tensor,
-                    numerics: Numerics) -> tuple[list[float], list[float], int]:
-    """Train every peer on the same batches; returns (mean loss, train accuracy against the
-    annotated labels) per network and the number of images seen. Statistics accumulate on the
-    device and are read once at the end (no per-step host sync)."""
+                    noisy: torch.Tensor, numerics: Numerics,
+                    stop_requested: Callable[[], bool] = lambda: False,
+                    resume: Optional[tuple[EpochProgress, dict]] = None) -> EpochProgress:
+    """Train every peer on the same batches: summed loss and training accuracy (against the
+    annotated labels) per network accumulate on the device and are read once at the end (no
+    per-step host sync). Before each step, ``stop_requested()`` may end the epoch early
+    (``finished`` False); ``resume`` = (progress, generator states) continues such an epoch."""
     for p in peers:
         p.model.train()
     device = noisy.device
     seed = epoch_seed(seed, epoch)
     torch.manual_seed(seed)  # dropout; the batches draw from the same seed
-    loss_sum = torch.zeros(len(peers), device=device)
-    correct = torch.zeros(len(peers), device=device, dtype=torch.long)
-    seen, start = 0, time.time()
+    done = resume[0] if resume else EpochProgress(0, [0.0] * len(peers), [0] * len(peers), 0,
+                                                  0.0)
+    loss_sum = torch.tensor(done.loss_sum, device=device)
+    correct = torch.tensor(done.correct, device=device, dtype=torch.long)
+    seen, start = done.seen, time.time() - done.seconds
     bar = tqdm(data.train.batches(seed), total=len(data.train), leave=False, disable=None,
                desc=f"epoch {epoch}", unit="batch")
+
+    def progress(step: int, finished: bool) -> EpochProgress:
+        return EpochProgress(step, loss_sum.tolist(), correct.tolist(), seen,
+                             time.time() - start, finished)
+
     for step, (images, index) in enumerate(bar):
+        if step < done.step:  # already trained before the interruption: the same batches
+            continue
+        if resume and step == done.step:
+            restore_rng_states(resume[1])  # dropout goes on where it stopped
+        if stop_requested():
+            bar.close()
+            return progress(step, finished=False)
         if len(index) < 2:  # BatchNorm cannot train on a single sample
             continue
         images = images.contiguous(memory_format=numerics.memory_format)
@@ -98,7 +114,7 @@ def train_one_epoch(method: Baseline, epoch: int, seed: int, peers: list[Peer], 
                             acc=f"{correct[0].item() / seen:.3f}",
                             img_s=f"{seen / (time.time() - start):.0f}")
     bar.close()
-    return (loss_sum / seen).tolist(), (correct.float() / seen).tolist(), seen
+    return progress(len(data.train), finished=True)
 
 
 def label_diagnostics(refined: np.ndarray, true: np.ndarray, noisy: np.ndarray,
@@ -139,31 +155,24 @@ def network_statistics(method: Baseline, epoch: int, peers: list[Peer], data: Ru
     return networks
 
 
-def train_and_test_epoch(args: argparse.Namespace, method: Baseline, epoch: int,
-                         peers: list[Peer], data: RunData, labels: NoisyLabels,
-                         device: torch.device, numerics: Numerics) -> dict[str, Any]:
-    """One epoch: the lr for it, training, each network's statistics and, every
-    --eval_every epochs and at the last, network 1's test scores; returns its record."""
-    lr = lr_at(args, epoch)
-    for p in peers:
-        for group in p.optimizer.param_groups:
-            group["lr"] = lr * group["lr_mult"]
-    tic = time.time()
-    noisy = torch.as_tensor(labels.noisy_labels, device=device)
-    mean_loss, train_acc, seen = train_one_epoch(method, epoch, args.seed, peers, data, noisy,
-                                                 numerics)
-    epoch_time = time.time() - tic
-    if not all(math.isfinite(x) for x in mean_loss):
-        raise UserError(f"training diverged at epoch {epoch} (loss {mean_loss}); lower --lr")
-    networks = network_statistics(method, epoch, peers, data, labels, mean_loss, train_acc,
-                                  device, numerics)
+def epoch_record(args: argparse.Namespace, method: Baseline, epoch: int, peers: list[Peer],
+                 data: RunData, labels: NoisyLabels, progress: EpochProgress,
+                 device: torch.device, numerics: Numerics) -> dict[str, Any]:
+    """A trained epoch's record: each network's statistics and, every --eval_every epochs and
+    at the last, network 1's test scores."""
+    if not all(math.isfinite(x) for x in progress.mean_loss):
+        raise UserError(f"training diverged at epoch {epoch} (loss {progress.mean_loss}); "
+                        "lower --lr")
+    networks = network_statistics(method, epoch, peers, data, labels, progress.mean_loss,
+                                  progress.train_acc, device, numerics)
     scores = {}
     if epoch % args.eval_every == 0 or epoch == args.epochs - 1:
         scores = get_test_acc(peers[0].net, data.query, data.gallery, device, numerics.amp,
                               numerics.channels_last)
-    return {"epoch": epoch, "lr": lr, "stage": method.stage(epoch), **networks[0],
-            **{k: scores.get(k) for k in TEST_KEYS}, "epoch_time_s": epoch_time,
-            "images_per_s": seen / epoch_time, "networks": networks}
+    return {"epoch": epoch, "lr": lr_at(args, epoch), "stage": method.stage(epoch),
+            **networks[0], **{k: scores.get(k) for k in TEST_KEYS},
+            "epoch_time_s": progress.seconds, "images_per_s": progress.seen / progress.seconds,
+            "networks": networks}
 
 
 def train(args: argparse.Namespace, method_name: str) -> dict:
@@ -191,9 +200,9 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
         save_noise(run_dir / "noisy_labels.npz", labels.clean_labels, labels.noisy_labels,
                    labels.is_clean, labels.meta)
         peers = build_peers(args, method, data.num_classes, device, numerics, weights)
-        start_epoch, init_notes = 0, []
+        start_epoch, init_notes, partial = 0, [], None
         if state is not None:
-            start_epoch = restore_peers(peers, state, data.num_classes)
+            start_epoch, partial = restore_peers(peers, state, data.num_classes)
         elif getattr(args, "init_from", None):
             init_notes = init_peers_from(args.init_from, peers, args, data.num_classes)
 
@@ -203,9 +212,11 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
                 "injected_label_precision": float((labels.noisy_labels ==
                                                    labels.clean_labels).mean()),
                 "device": str(device), "numerics": environment, "run_dir": str(run_dir)}
-        with RunRecorder(run_dir, meta, state["history"] if state else None) as rec:
-            rec.log(f"run {run_dir}  "
-                    f"({f'resuming after epoch {start_epoch - 1}' if state else 'new'})")
+        with RunRecorder(run_dir, meta, state["history"] if state else None) as rec, \
+                StopSignals() as stop:
+            resuming = (f"resuming at epoch {start_epoch}, step {partial[0].step}" if partial
+                        else f"resuming after epoch {start_epoch - 1}")
+            rec.log(f"run {run_dir}  ({resuming if state else 'new'})")
             rec.log(numerics.describe())
             rec.log(describe_environment(environment))
             rec.log(f"{method.name} on {args.dataset}/{args.train_split}: "
@@ -220,9 +231,23 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
                 rec.log(f"nothing to train: the run already has {start_epoch} epochs; pass a "
                         "larger --epochs to extend it")
 
+            noisy = torch.as_tensor(labels.noisy_labels, device=device)
             for epoch in range(start_epoch, args.epochs):
-                record = train_and_test_epoch(args, method, epoch, peers, data, labels, device,
-                                              numerics)
+                for p in peers:
+                    for group in p.optimizer.param_groups:
+                        group["lr"] = lr_at(args, epoch) * group["lr_mult"]
+                progress = train_one_epoch(method, epoch, args.seed, peers, data, noisy,
+                                           numerics, stop.requested,
+                                           partial if epoch == start_epoch else None)
+                if not progress.finished:  # SIGTERM / SIGUSR1: save where we are, then stop
+                    save_checkpoint(run_dir / "last.pt", epoch - 1, method.name, args,
+                                    data.num_classes, peers, labels, rec.history, progress)
+                    rec.log(f"stopped by {stop.name} at epoch {epoch}, step {progress.step}: "
+                            f"{run_dir / 'last.pt'} saved; continue with --resume")
+                    raise RunInterrupted(f"stopped by {stop.name}; resumable: rerun the same "
+                                         "command with --resume")
+                record = epoch_record(args, method, epoch, peers, data, labels, progress,
+                                      device, numerics)
                 rec.add_epoch(record)
                 save_checkpoint(run_dir / "last.pt", epoch, method.name, args,
                                 data.num_classes, peers, labels, rec.history)

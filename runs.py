@@ -1,16 +1,20 @@
-"""Run folders and checkpoints: naming, saving, reading, resuming, ``--init_from`` and the RNG
-state that makes a resumed run bit-identical to an uninterrupted one.
+"""Run folders and checkpoints: naming, saving, reading, resuming, ``--init_from``, stopping
+on a signal, and the RNG state that makes a resumed run bit-identical to an uninterrupted one.
 
 A checkpoint (``last.pt``, ``best.pt``) is one dict, built and read only here:
 ``epoch, method, args, num_classes, networks, optimizers, lambdas, noisy_labels, is_clean,
-true_labels, history, rng``.
+true_labels, history, rng, partial`` (the progress of a run stopped mid-epoch, else None).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from dataclasses import dataclass
 import json
 import random
 import shutil
+import signal
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -27,6 +31,56 @@ from utils import UserError, atomic_write, first_line
 MUST_MATCH_ON_RESUME = ("dataset", "train_split", "noise_ratio", "noise_seed", "pattern",
                         "pattern_view", "seed", "arch", "img_size", "head_act", "dropout",
                         "train_transform")
+
+
+@dataclass
+class EpochProgress:
+    """How far an epoch has come: the next step and its running sums. A run stopped by a signal
+    saves it (with the random generators' state) so that the resumed epoch ends exactly as an
+    uninterrupted one."""
+    step: int
+    loss_sum: list[float]
+    correct: list[int]
+    seen: int
+    seconds: float
+    finished: bool = False
+
+    @property
+    def mean_loss(self) -> list[float]:
+        return [x / self.seen for x in self.loss_sum]
+
+    @property
+    def train_acc(self) -> list[float]:
+        return [x / self.seen for x in self.correct]
+
+
+class StopSignals:
+    """While a run trains, SIGTERM and SIGUSR1 (a cluster's pre-emption or time-limit warning)
+    ask it to stop after the current step and save a resumable ``last.pt``, instead of dying."""
+
+    SIGNALS = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self) -> None:
+        self.name: Optional[str] = None
+        self._previous: dict[int, Any] = {}
+
+    def requested(self) -> bool:
+        return self.name is not None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.name = signal.Signals(signum).name
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # only there can Python
+            for name in self.SIGNALS:                               # install handlers
+                if hasattr(signal, name):
+                    number = getattr(signal, name)
+                    self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
 
 
 def run_name(args: argparse.Namespace) -> str:
@@ -90,15 +144,17 @@ def restore_rng_states(states: dict[str, Any]) -> None:
 
 def save_checkpoint(path: Path, epoch: int, method: str, args: argparse.Namespace,
                     num_classes: int, peers: Sequence[Peer], labels: NoisyLabels,
-                    history: list[dict]) -> None:
-    """Write everything needed to continue the run after ``epoch``, atomically (a crash leaves
-    the previous file, never a half-written one)."""
+                    history: list[dict], partial: Optional[EpochProgress] = None) -> None:
+    """Write everything needed to continue the run after ``epoch`` (and, for a run stopped
+    mid-epoch, the ``partial`` progress of epoch + 1), atomically: a crash leaves the previous
+    file, never a half-written one."""
     state = {"epoch": epoch, "method": method, "args": vars(args), "num_classes": num_classes,
              "networks": [p.net.state_dict() for p in peers],
              "optimizers": [p.optimizer.state_dict() for p in peers],
              "lambdas": [p.lam for p in peers],
              "noisy_labels": labels.noisy_labels, "is_clean": labels.is_clean,
-             "true_labels": labels.clean_labels, "history": history, "rng": rng_states()}
+             "true_labels": labels.clean_labels, "history": history, "rng": rng_states(),
+             "partial": dataclasses.asdict(partial) if partial is not None else None}
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
@@ -174,8 +230,10 @@ def check_metrics_file(run_dir: Path, state: dict[str, Any]) -> None:
                         f"checkpoint's epoch {state['epoch']}, which resuming would drop; {fix}")
 
 
-def restore_peers(peers: Sequence[Peer], state: dict[str, Any], num_classes: int) -> int:
-    """Load networks, optimisers, lambdas and RNG states; returns the epoch to continue at."""
+def restore_peers(peers: Sequence[Peer], state: dict[str, Any], num_classes: int
+                  ) -> tuple[int, Optional[tuple[EpochProgress, dict]]]:
+    """Load networks, optimisers, lambdas and RNG states; returns the epoch to continue at and,
+    for a run stopped mid-epoch, that epoch's progress with the generators' state there."""
     if state["num_classes"] != num_classes:
         raise UserError(f"the run to resume was trained on {state['num_classes']} classes, this "
                         f"training split has {num_classes}; point --data_dir at its dataset")
@@ -185,7 +243,8 @@ def restore_peers(peers: Sequence[Peer], state: dict[str, Any], num_classes: int
         p.optimizer.load_state_dict(opt_state)
         p.lam = lam
     restore_rng_states(state["rng"])
-    return state["epoch"] + 1
+    partial = state.get("partial")
+    return state["epoch"] + 1, (EpochProgress(**partial), state["rng"]) if partial else None
 
 
 def init_peers_from(paths: Sequence[str], peers: Sequence[Peer], args: argparse.Namespace,

@@ -56,13 +56,26 @@ def check_writable_folder(flag: str, folder: str | os.PathLike) -> None:
                         "a writable folder") from None
 
 
+class RunInterrupted(Exception):
+    """A run stopped on request (SIGTERM, SIGUSR1) after saving a resumable checkpoint."""
+
+
+# Exit status of a run that stopped on a signal and can be resumed (BSD's EX_TEMPFAIL:
+# "temporary failure, try again"); launchers requeue or rerun it.
+EXIT_RESUMABLE = 75
+
+
 def run_cli(main: Callable[[], Any]) -> None:
-    """Run a script's ``main`` and turn ``UserError`` / Ctrl-C into a one-line message."""
+    """Run a script's ``main``; a ``UserError`` becomes one line and exit 2, a resumable stop
+    one line and exit 75, Ctrl-C exit 130."""
     try:
         main()
     except UserError as err:
         print(f"error: {first_line(err)}", file=sys.stderr)
         sys.exit(2)
+    except RunInterrupted as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        sys.exit(EXIT_RESUMABLE)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

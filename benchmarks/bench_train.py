@@ -102,7 +102,7 @@ def time_training(args, method_name: str, data, device, numerics, steps: int,
     data.train = FirstBatches(full, steps)
     sync(device)
     tic = time.time()
-    _, _, seen = train_one_epoch(method, epoch, args.seed, peers, data, noisy, numerics)
+    seen = train_one_epoch(method, epoch, args.seed, peers, data, noisy, numerics).seen
     sync(device)
     data.train = full
     return seen / (time.time() - tic)

@@ -1,6 +1,8 @@
 """Real training runs on a tiny synthetic dataset: baseline, SELF and CORE end to end, what a
 run leaves behind, the SELF -> co-refining switch, exact resume, patterned noise, bad input."""
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -185,3 +187,42 @@ def test_demo_flag_sets_the_demo_defaults_and_explicit_flags_win():
     assert (plain.arch, plain.pretrained, plain.epochs, plain.lr) == ("resnet50", "imagenet",
                                                                       61, 0.01)
     assert (plain.milestones, plain.stage1_epochs, plain.batchsize) == ([20, 50], 20, 32)
+
+
+def test_sigterm_mid_epoch_saves_a_checkpoint_that_resumes_bit_identically(data_dir, tmp_path,
+                                                                            monkeypatch):
+    """SIGTERM arrives during epoch 1's third step: the step finishes, last.pt records the
+    progress, and the resumed run ends exactly as an uninterrupted one."""
+    import methods
+    from utils import RunInterrupted
+    common = args(data_dir, tmp_path, "--epochs", "3", "--stage1_epochs", "0",
+                  "--batchsize", "4")
+    whole = train_core.main([*common, "--run_name", "whole"])
+
+    calls = []
+    original = methods.CoRefining.batch_losses
+
+    def signal_on_the_third_step_of_epoch_1(self, epoch, *rest):
+        calls.append(epoch)
+        if calls.count(1) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, epoch, *rest)
+
+    monkeypatch.setattr(methods.CoRefining, "batch_losses", signal_on_the_third_step_of_epoch_1)
+    with pytest.raises(RunInterrupted, match="stopped by SIGTERM"):
+        train_core.main([*common, "--run_name", "split"])
+    monkeypatch.undo()
+    run = tmp_path / "split"
+    state = torch.load(run / "last.pt", weights_only=False)
+    assert state["epoch"] == 0 and state["partial"]["step"] == 3
+    assert "stopped by SIGTERM at epoch 1, step 3" in (run / "train.log").read_text()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is gone again
+
+    resumed = train_core.main([*common, "--run_name", "split", "--resume"])
+    a = torch.load(Path(whole["run_dir"]) / "last.pt", weights_only=False)
+    b = torch.load(run / "last.pt", weights_only=False)
+    for net_a, net_b in zip(a["networks"], b["networks"]):
+        for key in net_a:
+            assert torch.equal(net_a[key], net_b[key]), key
+    assert [h["loss"] for h in whole["history"]] == [h["loss"] for h in resumed["history"]]
+    assert whole["final"] == resumed["final"] and b["partial"] is None
