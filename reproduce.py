@@ -1,0 +1,124 @@
+"""Reproduce the paper's tables: baseline, SELF and CORE x datasets x noise settings x seeds,
+trained here or on a SLURM cluster, then turned into the paper-style table and figures.
+
+    python reproduce.py --data_dir ../                       # the paper's grid, this machine
+    python reproduce.py --data_dir ../ --datasets market --noise clean random:0.2 --seeds 1
+    python reproduce.py --data_dir ../ --launcher slurm --partition gpu --time 720
+    python reproduce.py --dry_run                            # the plan and exact commands
+    python reproduce.py --report                             # tables and figures only
+    python reproduce.py --demo --output_dir grid_demo        # a tiny grid, minutes on a CPU
+
+Any other flag is a training flag and goes to every run (e.g. --epochs 30 --numerics
+released; CORE-only flags to CORE runs only). Rerunning the same command skips finished runs,
+resumes interrupted ones and never redoes finished work. Every invocation ends by writing
+OUTPUT_DIR/results.{md,csv,tex} and OUTPUT_DIR/curves_<dataset>.png.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+from pathlib import Path
+from typing import Optional, Sequence
+
+from reproduction.launch import run_local, run_slurm
+from reproduction.plan import describe_plan, expand, parse_noise
+from reproduction.report import write_report
+from run_data import prepare_demo_data
+from utils import ArgumentParser, UserError, check_number, check_writable_folder, run_cli
+
+# The paper's experiments (DESIGN.md): three datasets, clean labels and 10/20/30% random and
+# patterned noise, the three methods, three seeds.
+PAPER_DATASETS = ["market", "duke", "cuhk03"]
+PAPER_NOISE = ["clean", "random:0.1,0.2,0.3", "pattern:0.1,0.2,0.3"]
+METHODS = ["baseline", "self", "core"]
+# The demo grid: synthetic data, 50% random and patterned noise, a short schedule.
+DEMO = dict(datasets=["market"], noise=["random:0.5", "pattern:0.5"], seeds=[1],
+            train_flags=["--demo", "--img_size", "32", "16", "--epochs", "8", "--milestones",
+                         "5", "7", "--stage1_epochs", "5", "--eval_every", "4"])
+GRID_FLAGS = ("--dataset", "--noise_ratio", "--pattern", "--pattern_model", "--seed",
+              "--method", "--output_dir", "--run_name", "--resume")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__, allow_abbrev=False,  # --seed is not --seeds
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = parser.add_argument
+    a("--datasets", nargs="+", default=None,
+      help=f"datasets (default: the paper's, {' '.join(PAPER_DATASETS)})")
+    a("--noise", nargs="+", default=None,
+      help=f"noise settings: clean, random:R[,R...], pattern:R[,R...] (default: the paper's, "
+      f"{' '.join(PAPER_NOISE)})")
+    a("--methods", nargs="+", default=METHODS, choices=METHODS, help="methods")
+    a("--seeds", type=int, nargs="+", default=None, help="seeds (default: 1 2 3); all share "
+      "the noisy labels (--noise_seed, default 1)")
+    a("--output_dir", default="./grid", help="the grid's folder: runs/, logs/, status.json, "
+      "results.*, curves_*.png")
+    a("--launcher", default="local", choices=["local", "slurm"],
+      help="'local': this machine, one run per visible GPU at a time (serially on the CPU); "
+      "'slurm': one submitit job per run")
+    a("--partition", default=None, help="SLURM partition (--launcher slurm)")
+    a("--time", type=int, default=1440, help="SLURM time limit per job in minutes; a job that "
+      "reaches it saves its run and is requeued (--launcher slurm)")
+    a("--gpus_per_job", type=int, default=1, help="GPUs per SLURM job (--launcher slurm)")
+    a("--cpus_per_job", type=int, default=8, help="CPUs per SLURM job, for data loading")
+    a("--slurm_local", action="store_true", help="run the slurm launcher's jobs through "
+      "submitit's local executor (no cluster; to try the launcher)")
+    a("--dry_run", action="store_true", help="print the plan and the exact training commands; "
+      "train nothing")
+    a("--report", action="store_true", help="only write the tables and figures from the runs "
+      "there are")
+    a("--demo", action="store_true", help="a tiny grid on synthetic data (CPU, minutes): "
+      f"{' '.join(DEMO['noise'])}, seed 1, 8 epochs")
+    return parser
+
+
+def parse(argv: Optional[Sequence[str]]):
+    """(the grid's own flags, the training flags to pass through)."""
+    cli, train_flags = build_parser().parse_known_args(argv)
+    for flag in train_flags:
+        if flag.split("=", 1)[0] in GRID_FLAGS:
+            raise UserError(f"{flag} is set by the grid for each run; use --datasets, --noise, "
+                            "--methods, --seeds or --output_dir instead")
+    check_number("--time", cli.time, cli.time >= 1, ">= 1 (minutes)")
+    check_number("--gpus_per_job", cli.gpus_per_job, cli.gpus_per_job >= 0, ">= 0")
+    check_number("--cpus_per_job", cli.cpus_per_job, cli.cpus_per_job >= 1, ">= 1")
+    demo = DEMO if cli.demo else {}
+    cli.datasets = cli.datasets or demo.get("datasets", PAPER_DATASETS)
+    cli.noise = parse_noise(cli.noise or demo.get("noise", PAPER_NOISE))
+    cli.seeds = cli.seeds or demo.get("seeds", [1, 2, 3])
+    return cli, [*demo.get("train_flags", []), *train_flags]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
+    cli, train_flags = parse(argv)
+    grid_dir = Path(cli.output_dir).resolve()
+    check_writable_folder("--output_dir", grid_dir)
+    runs = expand(cli.datasets, cli.noise, cli.methods, cli.seeds, train_flags, grid_dir)
+    for line in describe_plan(runs):
+        print(line, flush=True)
+    outcomes: dict[str, str] = {}
+    try:
+        if cli.dry_run:
+            for run in runs:
+                print(shlex.join(run.command()))
+        elif not cli.report:
+            if all(run.status()[0] == "done" for run in runs):
+                print("every run is done: nothing to train")
+            else:
+                if "--demo" in train_flags:  # the synthetic data, made once before any run
+                    prepare_demo_data(Path(runs[0].args.data_dir), runs[0].args.workers)
+                launch = run_local if cli.launcher == "local" else (
+                    lambda r, g, c: run_slurm(r, g, c, cli.partition, cli.time,
+                                              cli.gpus_per_job, cli.cpus_per_job,
+                                              cli.slurm_local))
+                outcomes = launch(runs, grid_dir, os.getcwd())
+    finally:
+        grid_dir.mkdir(parents=True, exist_ok=True)
+        written = write_report(runs, grid_dir)
+        print("report: " + ", ".join(str(p) for p in written), flush=True)
+    return outcomes
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,1 @@
+"""The reproduction grid behind reproduce.py: plan, launchers, report."""

@@ -1,0 +1,189 @@
+"""The reproduction grid end to end on tiny synthetic data: plan, dependency order, runs,
+tables and figures, a rerun that trains nothing, a grid stopped by SIGTERM and completed by a
+rerun with the same table, and the slurm launcher through submitit's local executor."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import reproduce
+from reproduction.launch import TrainingJob
+from reproduction.plan import NoiseSetting, expand, parse_noise
+from utils import EXIT_RESUMABLE, UserError
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = ["--arch", "resnet18", "--pretrained", "none", "--img_size", "32", "16",
+         "--batchsize", "8", "--workers", "0", "--epochs", "3", "--milestones", "2",
+         "--stage1_epochs", "1", "--eval_every", "1"]
+
+
+def grid_argv(data_dir, out, *extra):
+    return ["--datasets", "market", "--noise", "random:0.5", "pattern:0.5", "--methods",
+            "baseline", "core", "--seeds", "1", "--output_dir", str(out), "--data_dir",
+            str(data_dir), *TRAIN, *extra]
+
+
+@pytest.fixture(scope="module")
+def data_dir(prepared_market):
+    return prepared_market.parent
+
+
+@pytest.fixture(scope="module")
+def finished_grid(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("grid")
+    outcomes = reproduce.main(grid_argv(data_dir, out))
+    return out, outcomes
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_noise_settings_parse_and_bad_ones_are_one_line():
+    assert parse_noise(["clean", "random:0.1,0.2", "pattern:0.3"]) == [
+        NoiseSetting("clean", 0.0), NoiseSetting("random", 0.1), NoiseSetting("random", 0.2),
+        NoiseSetting("pattern", 0.3)]
+    for bad in ("random", "random:1.5", "gaussian:0.2", "pattern:x"):
+        with pytest.raises(UserError, match=f"--noise {bad}"):
+            parse_noise([bad])
+
+
+def test_plan_orders_the_clean_baseline_first_and_passes_its_checkpoint(data_dir, tmp_path):
+    runs = expand(["market"], parse_noise(["random:0.5", "pattern:0.5"]), ["baseline", "core"],
+                  [1, 2], ["--data_dir", str(data_dir), *TRAIN], tmp_path)
+    assert len(runs) == 9 and runs[0].name == "market_baseline_clean_lr0.01_seed1_resnet18"
+    assert not runs[0].in_grid  # added only because patterned noise needs it
+    clean_ckpt = str(runs[0].run_dir / "last.pt")
+    for run in runs[1:]:
+        pattern = run.noise.kind == "pattern"
+        assert (clean_ckpt in run.command()) == pattern and run.needs == (
+            [runs[0].name] if pattern else [])
+        assert ("--stage1_epochs" in run.argv) == (run.method == "core")
+        assert run.command()[-2:] == ["--resume", "auto"]
+    assert len({run.name for run in runs}) == 9
+
+
+def test_dry_run_prints_the_exact_commands(data_dir, tmp_path, capsys):
+    reproduce.main(grid_argv(data_dir, tmp_path, "--dry_run"))
+    out = capsys.readouterr().out
+    assert "grid: 5 runs (1 clean baselines added for patterned noise): 0 done" in out
+    commands = [line for line in out.splitlines() if "train_" in line]
+    assert len(commands) == 5 and "train_self.py --method baseline" in commands[0]
+    assert not (tmp_path / "runs").exists()  # nothing trained
+
+
+def test_grid_flags_cannot_be_passed_through(data_dir, tmp_path):
+    with pytest.raises(UserError, match="--seed is set by the grid"):
+        reproduce.main(grid_argv(data_dir, tmp_path, "--seed", "3"))
+
+
+def test_grid_runs_and_writes_the_paper_style_tables(finished_grid):
+    out, outcomes = finished_grid
+    assert sorted(outcomes.values()) == ["done"] * 5
+    rows = read_csv(out / "results.csv")
+    assert [(r["noise"], r["method"]) for r in rows] == [
+        ("random 0.5", "baseline"), ("random 0.5", "core"), ("pattern 0.5", "baseline"),
+        ("pattern 0.5", "core")]
+    for row in rows:
+        metrics = json.loads(next((out / "runs").glob(
+            f"market_{row['method']}_{row['noise'].replace(' ', '')}_*/metrics.json")
+        ).read_text())
+        assert float(row["final_rank1_mean"]) == pytest.approx(metrics["final"]["rank1"], 1e-5)
+        assert float(row["best_mAP_mean"]) == pytest.approx(metrics["best"]["mAP"], 1e-5)
+        assert row["seeds_done"] == row["seeds_expected"] == "1"
+    markdown = (out / "results.md").read_text()
+    assert "| CORE |" in markdown and "optimistic" in markdown and "label precision" in markdown
+    assert r"\multicolumn{2}{c}{market}" in (out / "results.tex").read_text()
+    with Image.open(out / "curves_market.png") as figure:
+        assert figure.size[0] > figure.size[1] > 300
+
+
+def test_a_second_invocation_trains_nothing(data_dir, finished_grid, capsys):
+    out, _ = finished_grid
+    checkpoints = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/last.pt")}
+    reproduce.main(grid_argv(data_dir, out))
+    assert "every run is done: nothing to train" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints
+
+
+def test_missing_runs_are_shown_not_dropped(data_dir, finished_grid, tmp_path):
+    out = tmp_path / "grid"
+    shutil.copytree(finished_grid[0], out)
+    reproduce.main(grid_argv(data_dir, out, "--seeds", "1", "2", "--report"))
+    rows = read_csv(out / "results.csv")
+    assert {(r["seeds_done"], r["seeds_expected"], r["missing"]) for r in rows} == {
+        ("1", "2", "1 missing")}
+    assert "(1/2 seeds; 1 missing)" in (out / "results.md").read_text()
+
+
+def test_sigterm_stops_the_grid_resumably_and_a_rerun_gives_the_same_table(
+        data_dir, finished_grid, tmp_path):
+    out = tmp_path / "grid"
+    proc = subprocess.Popen([sys.executable, "reproduce.py", *grid_argv(data_dir, out)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while not list((out / "runs").glob("*/train.log")) or "epoch 0/" not in "".join(
+            p.read_text() for p in (out / "runs").glob("*/train.log")):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == EXIT_RESUMABLE, err
+    assert "interrupted: stopped by SIGTERM" in err and "Traceback" not in err
+    status = json.loads((out / "status.json").read_text())
+    stopped = [name for name, s in status.items() if s["outcome"] == "interrupted"]
+    assert len(stopped) == 1
+    state = torch.load(out / "runs" / stopped[0] / "last.pt", weights_only=False)
+    assert state["method"] == "baseline"  # the first run, loadable
+
+    again = subprocess.run([sys.executable, "reproduce.py", *grid_argv(data_dir, out)],
+                           cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr
+    assert "1 interrupted (will resume)" in again.stdout
+    assert read_csv(out / "results.csv") == read_csv(finished_grid[0] / "results.csv")
+
+
+def test_slurm_launcher_through_submitits_local_executor(data_dir, finished_grid, tmp_path):
+    out = tmp_path / "grid"
+    argv = ["--datasets", "market", "--noise", "random:0.5", "--methods", "baseline",
+            "--seeds", "1", "--output_dir", str(out), "--data_dir", str(data_dir), *TRAIN,
+            "--launcher", "slurm", "--slurm_local", "--gpus_per_job", "0", "--time", "20"]
+    outcomes = reproduce.main(argv)
+    assert list(outcomes.values()) == ["done"]
+    expected = [r for r in read_csv(finished_grid[0] / "results.csv")
+                if (r["noise"], r["method"]) == ("random 0.5", "baseline")]
+    assert read_csv(out / "results.csv") == expected  # the same run, the same numbers
+    assert list((out / "slurm").glob("*/*_log.out"))
+
+
+def test_a_preempted_job_stops_its_run_and_requeues_it(data_dir, tmp_path):
+    """What submitit calls on pre-emption: ``checkpoint`` stops the training resumably and
+    returns the same job, which continues the run to its end."""
+    runs = expand(["market"], [NoiseSetting("random", 0.5)], ["baseline"], [1],
+                  ["--data_dir", str(data_dir), *TRAIN, "--batchsize", "2"], tmp_path)
+    job = TrainingJob(runs[0].command(), str(REPO))
+    codes = []
+    worker = threading.Thread(target=lambda: codes.append(job()))
+    worker.start()
+    log = runs[0].run_dir / "train.log"
+    deadline = time.time() + 300
+    while not (log.is_file() and "epoch 0/" in log.read_text()):
+        assert worker.is_alive() and time.time() < deadline
+        time.sleep(0.05)
+    requeued = job.checkpoint()
+    worker.join(timeout=300)
+    assert codes == [EXIT_RESUMABLE]
+    assert requeued.function() == 0  # the requeued job resumes and finishes
+    assert "resuming" in log.read_text() and runs[0].status()[0] == "done"
