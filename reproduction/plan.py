@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import train_core
 import train_self
 from methods import METHODS
-from options import check_args
+from options import check_args, parse_args
 from runs import run_name
 from utils import UserError
 
@@ -132,7 +132,7 @@ def expand(datasets: Sequence[str], noise: Sequence[NoiseSetting], methods: Sequ
             needs = [clean.name]
             argv += ["--pattern_model", str(clean.run_dir / "last.pt")]
         parser = (train_core if method == "core" else train_self).build_parser()
-        args = parser.parse_args(argv)
+        args = parse_args(parser, argv, check=False)  # checked below, once the order is known
         args.method = method
         name = run_name(args)
         argv += ["--run_name", name]

@@ -187,3 +187,12 @@ def test_a_preempted_job_stops_its_run_and_requeues_it(data_dir, tmp_path):
     assert codes == [EXIT_RESUMABLE]
     assert requeued.function() == 0  # the requeued job resumes and finishes
     assert "resuming" in log.read_text() and runs[0].status()[0] == "done"
+
+
+def test_the_demo_grid_plans_on_the_demo_data(tmp_path):
+    cli, train_flags = reproduce.parse(["--demo", "--output_dir", str(tmp_path)])
+    runs = expand(cli.datasets, cli.noise, cli.methods, cli.seeds, train_flags, tmp_path)
+    assert len(runs) == 7  # 2 noise settings x 3 methods, and the clean baseline
+    assert {run.args.data_dir for run in runs} == {"./demo_data"}  # --demo's values apply
+    assert {run.args.arch for run in runs} == {"resnet18"}
+    assert all(run.args.epochs == 8 and run.args.img_size == [32, 16] for run in runs)
