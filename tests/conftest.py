@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from datasets.synthetic import make_preset
-from prepare_market import prepare
+from datasets.prepare import prepare
 
 
 def file_digests(root: Path) -> dict[str, str]:

@@ -14,7 +14,7 @@ from conftest import file_digests
 
 from datasets import market1501 as m
 from datasets.synthetic import make_preset
-from prepare_market import format_summary, prepare
+from datasets.prepare import format_summary, prepare
 from utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
