@@ -132,6 +132,8 @@ def evaluate_blocks(
     first_rank, ap = np.empty(nq, dtype=np.int64), np.empty(nq, dtype=np.float64)
     start = 0
     for block in distance_blocks:
+        if np.ndim(block) == 2 and np.shape(block)[0] == 0:
+            continue  # an empty block scores no query
         dist = _as_distmat(block)
         stop = start + dist.shape[0]
         if dist.shape[1] != ng or stop > nq:
