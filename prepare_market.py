@@ -13,14 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from datasets import DATASETS
-from datasets.download import download_hint
 from datasets.prepare import format_summary, prepare
 from utils import ArgumentParser, run_cli
 
 
 def main() -> None:
-    downloads = "; ".join(f"{name}: {download_hint(info.layouts)}"
-                          for name, info in DATASETS.items())
+    tops = ", ".join(f"{name}: {' or '.join(layout.top_folder + '/' for layout in info.layouts)}"
+                     for name, info in DATASETS.items())
     parser = ArgumentParser(
         description="Prepare a Re-ID dataset for training: DST/{train_all,train,val,query,"
                     "gallery[,multi-query]}/<pid>/<file>. Safe to rerun: it completes an "
@@ -29,7 +28,8 @@ def main() -> None:
                         help="which download SRC holds (default market; cuhk03 = CUHK03-NP "
                              "detected boxes, the paper's; cuhk03_labeled = its labeled boxes)")
     parser.add_argument("--src", type=Path, required=True,
-                        help=f"the download, only read. {downloads}")
+                        help=f"the download's folder ({tops}), the folder holding it, or its "
+                             ".zip; only read, never changed")
     parser.add_argument("--dst", type=Path, required=True,
                         help="output folder, e.g. ../market (then train with --data_dir .. "
                              "--dataset market)")

@@ -368,7 +368,7 @@ def _draw_person(canvas: np.ndarray, person: Person, rng: np.random.Generator, j
 class _Job(NamedTuple):
     """One image to render: where it goes and what it shows."""
     path: str            # relative to the download root
-    role: str            # one of synthetic_shapes.ROLES
+    role: str            # train, query, gallery, distractor, junk or gt_bbox
     person: int          # index into the identity list; -1 for a stranger (distractor)
     camera: int
     framing: str         # "normal", "junk" (badly cut box) or "distractor"

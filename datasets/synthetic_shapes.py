@@ -16,22 +16,22 @@ import numpy as np
 from datasets import DATASETS, cuhk03, dukemtmc, msmt17
 from datasets import market1501 as m
 
-ROLES = ("train", "query", "gallery", "distractor", "junk", "gt_bbox")
 _MSMT17_TIMES = ("0113morning", "0113noon", "0114afternoon", "0302morning", "0303noon",
                  "0303afternoon")
 
 
 class DownloadShape:
-    """A download's folders and file names; this base names Market-1501-style folders.
+    """A download's folders and file names.
 
-    ``folders`` maps each role the download has to its folder; roles it lacks (junk,
-    distractors, hand-drawn boxes) are not generated. ``path`` draws from the plan's generator,
-    so a shape's names are part of the same seeded stream as the plan.
+    ``folders`` maps each role the download has (``train``, ``query``, ``gallery``,
+    ``distractor``, ``junk``, ``gt_bbox``) to its folder; roles it lacks are not generated.
+    ``path`` draws from the plan's generator, so a shape's names are part of the same seeded
+    stream as the plan.
     """
-    dataset = "market"
-    top_folder = m.DOWNLOAD_FOLDER
+    dataset: str      # the registry entry it imitates
+    top_folder: str   # what the download unpacks to
     image_format = "JPEG"
-    folders: dict[str, str] = {}
+    folders: dict[str, str]
     copies: tuple[tuple[str, str], ...] = ()  # (prefix, prefix of a second rendering of it)
     spec_overrides: dict[str, int] = {}  # what the download's shape fixes in every preset
 
@@ -73,6 +73,8 @@ class DownloadShape:
 
 class MarketShape(DownloadShape):
     """Market-1501-v15.09.15: distractors 0000, junk -1, gt_bbox, empty gt_query, Thumbs.db."""
+    dataset = "market"
+    top_folder = m.DOWNLOAD_FOLDER
     folders = {"train": m.TRAIN_FOLDER, "gallery": m.TEST_FOLDER, "query": m.QUERY_FOLDER,
                "distractor": m.TEST_FOLDER, "junk": m.TEST_FOLDER, "gt_bbox": m.GT_BBOX_FOLDER}
 
@@ -81,9 +83,6 @@ class MarketShape(DownloadShape):
         box = int(self.rng.integers(1, 6)) if box is None else box
         name = m.format_market_name(pid, camera, int(self.rng.integers(1, 7)), frame, box)
         return f"{self.folders[role]}/{name}"
-
-    def image_folders(self) -> list[str]:
-        return [m.TRAIN_FOLDER, m.TEST_FOLDER, m.QUERY_FOLDER, m.GT_BBOX_FOLDER]
 
     def readme_intro(self) -> list[str]:
         return super().readme_intro() + [
