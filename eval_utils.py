@@ -104,6 +104,7 @@ def query_blocks(query_feats: torch.Tensor, gallery_feats: torch.Tensor,
     for start in range(0, len(query_feats), rows):
         block = torch.mm(query_feats[start:start + rows], gallery_feats.T).neg_()
         yield block.float().cpu().numpy()
+        del block  # before the next one is made: never two blocks at once
 
 
 def score(query_feats: torch.Tensor, gallery_feats: torch.Tensor, query: EvalSet,

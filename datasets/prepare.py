@@ -86,8 +86,8 @@ def _present(source: Source, origin: ImageOrigin) -> bool:
 
 
 def _images(source: Source, origin: ImageOrigin, suffix: str) -> list[_Image]:
-    """The images of one folder, or those one list file names (each must be in its folder, and
-    its label must be the identity its name gives)."""
+    """The images of one folder, or those one list file names, with their labels (each listed
+    file must be in the list's folder)."""
     files = source.files(origin.folder, suffix)
     if isinstance(origin, ImageFolder):  # the folder's own images; subfolders are not the split's
         return [_Image(f"{origin.folder}/{name}", name, size) for name, size in files.items()

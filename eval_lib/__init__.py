@@ -143,6 +143,7 @@ def evaluate_blocks(
         first_rank[rows], ap[rows] = _market_stats(
             kernel, dist, q_pids_a[rows], q_cams_a[rows], g_pids_a, g_cams_a, groups, rows
         )
+        del block, dist  # so that the next block is not made while this one is still held
         start = stop
     if start != nq:
         raise ValueError(f"distance blocks hold {start} rows but there are {nq} queries")

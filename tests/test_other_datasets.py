@@ -140,3 +140,9 @@ def test_train_core_runs_and_scores(prepared_others, tmp_path, dataset):
     with np.load(run / "noisy_labels.npz") as labels:
         train = load_split(prepared_others, dataset, "train")
         assert labels["clean_labels"].tolist() == train.targets.tolist()
+    if dataset == "duke":  # the released protocol's comparison concerns Market-1501 alone
+        proc = subprocess.run([sys.executable, "benchmarks/compare_protocols.py", "--checkpoint",
+                               str(run / "last.pt")], cwd=REPO, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: ")
+        assert "was trained on duke" in proc.stderr and "Traceback" not in proc.stderr
