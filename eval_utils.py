@@ -99,11 +99,16 @@ def query_blocks(query_feats: torch.Tensor, gallery_feats: torch.Tensor,
                  block_bytes: int = SCORE_BLOCK_BYTES) -> Iterator[np.ndarray]:
     """Distances (negative cosine similarity, float32) of consecutive blocks of queries to the
     whole gallery, each computed where the features are (the device) and then copied to host
-    memory, at most ``block_bytes`` of it at a time."""
+    memory, at most ``block_bytes`` of it at a time.
+
+    Every product has the same number of query rows (the last one overlaps the one before and
+    only its new rows are yielded): matrix-product libraries may round a short product
+    differently, and the distances would then depend on where a query falls."""
     rows = max(1, block_bytes // (4 * max(1, len(gallery_feats))))
     for start in range(0, len(query_feats), rows):
-        block = torch.mm(query_feats[start:start + rows], gallery_feats.T).neg_()
-        yield block.float().cpu().numpy()
+        first = max(0, min(start, len(query_feats) - rows))
+        block = torch.mm(query_feats[first:start + rows], gallery_feats.T).neg_()
+        yield block[start - first:].float().cpu().numpy()
         del block  # before the next one is made: never two blocks at once
 
 
