@@ -78,10 +78,8 @@ def evaluate(
     """
     dist = _as_distmat(distmat)
     nq, ng = dist.shape
-    q_pids_a = _as_ids(q_pids, "q_pids", nq, "rows (queries)")
-    g_pids_a = _as_ids(g_pids, "g_pids", ng, "columns (gallery items)")
-    q_cams_a = _as_ids(q_camids, "q_camids", nq, "rows (queries)")
-    g_cams_a = _as_ids(g_camids, "g_camids", ng, "columns (gallery items)")
+    q_pids_a, g_pids_a, q_cams_a, g_cams_a = _as_all_ids(q_pids, g_pids, q_camids, g_camids,
+                                                         nq, ng)
     max_rank = min(_positive_int(max_rank, "max_rank"), ng)
     num_repeats = _positive_int(num_repeats, "num_repeats")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -122,10 +120,8 @@ def evaluate_blocks(
     ``len(q_pids)`` raise ValueError.
     """
     nq, ng = np.size(q_pids), np.size(g_pids)
-    q_pids_a = _as_ids(q_pids, "q_pids", nq, "rows (queries)")
-    q_cams_a = _as_ids(q_camids, "q_camids", nq, "rows (queries)")
-    g_pids_a = _as_ids(g_pids, "g_pids", ng, "columns (gallery items)")
-    g_cams_a = _as_ids(g_camids, "g_camids", ng, "columns (gallery items)")
+    q_pids_a, g_pids_a, q_cams_a, g_cams_a = _as_all_ids(q_pids, g_pids, q_camids, g_camids,
+                                                         nq, ng)
     max_rank = min(_positive_int(max_rank, "max_rank"), ng)
     kernel = _pick_backend(backend)
     groups = _GalleryGroups(g_pids_a, q_pids_a)
@@ -270,6 +266,15 @@ def _as_distmat(distmat: Any) -> np.ndarray:
     else:
         raise ValueError(f"distmat must hold real numbers, got dtype {arr.dtype}")
     return np.ascontiguousarray(arr, dtype=target)
+
+
+def _as_all_ids(q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any, nq: int,
+                ng: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The four id vectors, checked against ``nq`` queries and ``ng`` gallery items."""
+    return (_as_ids(q_pids, "q_pids", nq, "rows (queries)"),
+            _as_ids(g_pids, "g_pids", ng, "columns (gallery items)"),
+            _as_ids(q_camids, "q_camids", nq, "rows (queries)"),
+            _as_ids(g_camids, "g_camids", ng, "columns (gallery items)"))
 
 
 def _as_ids(values: Any, name: str, length: int, what: str) -> np.ndarray:
