@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from datasets import get_dataset_info
+from datasets import DATASETS, get_dataset_info
 from eval_utils import EVAL_PROTOCOLS
 from model import ARCHS
 from runs import run_name
@@ -25,9 +25,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     """The flags both scripts share."""
     a = parser.add_argument
     # data and noise
-    a("--dataset", default="market", help="dataset name; data is read from DATA_DIR/<name>/")
+    a("--dataset", default="market", help="dataset: " + ", ".join(DATASETS) + " (cuhk03 = "
+      "CUHK03-NP detected boxes, the paper's); data is read from DATA_DIR/<name>/")
     a("--data_dir", default="../", help="folder holding the prepared dataset folder "
-      "(prepare_market.py --dst DATA_DIR/market)")
+      "(prepare_market.py --dataset NAME --dst DATA_DIR/NAME)")
     a("--train_split", default="train", choices=["train", "train_all"],
       help="training split: 'train' (the released code's; one image per identity held out in "
       "val) or 'train_all'")
@@ -198,11 +199,19 @@ def _check_paths(args: argparse.Namespace) -> None:
         if args.run_name is not None and args.run_name != Path(args.resume).parent.name:
             raise UserError(f"--run_name {args.run_name} contradicts --resume {args.resume} "
                             f"(that run's folder is {Path(args.resume).parent.name}); drop one")
-    if not args.demo and not (Path(args.data_dir) / get_dataset_info(args.dataset).folder
-                              ).is_dir():
-        folder = Path(args.data_dir) / get_dataset_info(args.dataset).folder
+    folder = Path(args.data_dir) / get_dataset_info(args.dataset).folder
+    if not args.demo and not folder.is_dir():
         raise UserError(f"--data_dir {args.data_dir}: no {folder} folder; prepare the dataset "
-                        f"with: python prepare_market.py --src <download> --dst {folder}")
+                        f"with: python prepare_market.py --dataset {args.dataset} --src "
+                        f"<download> --dst {folder}")
+    if args.demo and args.dataset != "market":
+        raise UserError(f"--demo trains on synthetic Market-1501 data; drop --dataset "
+                        f"{args.dataset}, or drop --demo and point --data_dir at a prepared "
+                        f"{args.dataset}")
+    if args.eval_protocol == "released" and args.dataset != "market":
+        raise UserError(f"--eval_protocol released reproduces the released code's misreading "
+                        f"of Market-1501 file names; it has no meaning for --dataset "
+                        f"{args.dataset}: drop it")
     check_writable_folder("--output_dir", args.output_dir)
 
 

@@ -51,7 +51,7 @@ def prepare_demo_data(data_dir: Path, workers: int) -> None:
     """Generate (once) the synthetic download and prepare it exactly as a real one."""
     from datasets.market1501 import DOWNLOAD_FOLDER
     from datasets.synthetic import make_preset
-    from prepare_market import prepare
+    from datasets.prepare import prepare
     ready = data_dir / ".demo_ready"
     if ready.is_file():
         return

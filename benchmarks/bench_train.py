@@ -67,7 +67,7 @@ def sync(device: torch.device) -> None:
 def synthetic_data(root: Path, preset: str, workers: int) -> Path:
     """A prepared synthetic dataset under ``root`` (generated once)."""
     from datasets.synthetic import make_preset
-    from prepare_market import prepare
+    from datasets.prepare import prepare
     prepared = root / "market"
     if not (root / ".bench_ready").is_file():
         print(f"generating the synthetic '{preset}' dataset in {root} (once)", flush=True)

@@ -18,7 +18,7 @@ from recorder import format_scores  # noqa: E402
 from run_data import load_data  # noqa: E402
 from options import saved_args  # noqa: E402
 from runs import network_from_checkpoint, read_checkpoint  # noqa: E402
-from utils import ArgumentParser, run_cli  # noqa: E402
+from utils import ArgumentParser, UserError, run_cli  # noqa: E402
 
 
 def main() -> None:
@@ -31,6 +31,9 @@ def main() -> None:
     cli = parser.parse_args()
     state = read_checkpoint(Path(cli.checkpoint), "--checkpoint")
     args = saved_args(state["args"])
+    if args.dataset != "market":
+        raise UserError(f"--checkpoint {cli.checkpoint} was trained on {args.dataset}; the "
+                        "released code's misreading concerns Market-1501 file names only")
     args.device, args.gpu = cli.device, None
     args.data_dir = cli.data_dir or args.data_dir
     device = pick_device(args)

@@ -1,16 +1,20 @@
-"""Dataset registry: the training scripts name a dataset, this says where and how to read it.
+"""Dataset registry: the scripts name a dataset, this says what its download looks like, how to
+read its file names and where its prepared folder lies.
 
-Adding DukeMTMC-reID, CUHK03 or MSMT17 means one more ``DATASETS`` entry (and its name parser);
-the scripts stay as they are. Importing this package does not import torch, so
-``prepare_market.py`` starts fast.
+Each dataset is data: one ``DATASETS`` entry (its download layouts, file-name parser, camera
+count and official counts, from its facts module); preparing, training and scoring are the same
+code for all. Every dataset is scored under the Market-1501 protocol (``eval_lib``'s
+``market1501``: same person and camera dropped, junk ignored), which is also CUHK03-NP's.
+Importing this package does not import torch, so ``prepare_market.py`` starts fast.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable
 
-from datasets import market1501
+from datasets import cuhk03, dukemtmc, market1501, msmt17
+from datasets.layout import DownloadLayout, OfficialCounts
 from utils import UserError
 
 if TYPE_CHECKING:
@@ -21,17 +25,33 @@ SPLITS = ("train_all", "train", "val", "query", "gallery", "multi-query")
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """A dataset's prepared folder name (under ``--data_dir``), name parser and official counts."""
-    name: str
-    folder: str
-    parse_name: Callable[[str], Any]
-    official_counts: Mapping[str, int]
+    """What the code needs to know about one dataset."""
+    name: str                            # the --dataset value
+    title: str                           # how people write it
+    folder: str                          # prepared folder under --data_dir
+    parse_name: Callable[[str], Any]     # file name -> object with .pid and .camid
+    num_cams: int                        # camera ids run 1..num_cams
+    layouts: tuple[DownloadLayout, ...]  # the download's known layouts, tried in order
+    official: OfficialCounts
+    gallery_note: str = ""               # what the prepare summary says about the gallery
 
 
-DATASETS: dict[str, DatasetInfo] = {
-    "market": DatasetInfo("market", "market", market1501.parse_market_name,
-                          market1501.OFFICIAL_COUNTS),
-}
+DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (
+    DatasetInfo("market", "Market-1501", "market", market1501.parse_market_name,
+                market1501.NUM_CAMS, (market1501.LAYOUT,), market1501.OFFICIAL,
+                "gallery identities include 0000 = distractors and -1 = junk"),
+    DatasetInfo("duke", dukemtmc.TITLE, "duke", dukemtmc.parse_duke_name, dukemtmc.NUM_CAMS,
+                (dukemtmc.LAYOUT,), dukemtmc.OFFICIAL,
+                f"gallery identities include {dukemtmc.DISTRACTOR_IDS} distractors, never "
+                "queried"),
+    DatasetInfo("cuhk03", "CUHK03-NP (detected)", "cuhk03", cuhk03.parse_cuhk03_name,
+                cuhk03.NUM_CAMS, (cuhk03.layout("detected"),), cuhk03.OFFICIAL["detected"]),
+    DatasetInfo("cuhk03_labeled", "CUHK03-NP (labeled)", "cuhk03_labeled",
+                cuhk03.parse_cuhk03_name, cuhk03.NUM_CAMS, (cuhk03.layout("labeled"),),
+                cuhk03.OFFICIAL["labeled"]),
+    DatasetInfo("msmt17", "MSMT17", "msmt17", msmt17.parse_msmt17_name, msmt17.NUM_CAMS,
+                msmt17.LAYOUTS, msmt17.OFFICIAL),
+)}
 
 
 def get_dataset_info(name: str) -> DatasetInfo:

@@ -47,7 +47,8 @@ class ReIDFolder(Dataset):
     def __init__(self, split_dir: str | Path, transform: Callable | None = None,
                  parse_name: Callable[[str], Any] = parse_market_name) -> None:
         split_dir = Path(split_dir)
-        hint = "run prepare_market.py --src <download> --dst <data_dir>/market to build it"
+        hint = ("run prepare_market.py --dataset <name> --src <download> --dst "
+                "<data_dir>/<name> to build it")
         if not split_dir.is_dir():
             raise UserError(f"split folder not found: {split_dir}; {hint}")
         self.classes: list[str] = _sorted_names(split_dir, lambda entry: entry.is_dir())

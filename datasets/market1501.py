@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+from datasets.layout import DownloadLayout, ImageFolder, OfficialCounts
+
 JUNK_PID = -1
 DISTRACTOR_PID = 0
 
@@ -70,17 +72,19 @@ TEST_FOLDER = "bounding_box_test"
 QUERY_FOLDER = "query"
 GT_BBOX_FOLDER = "gt_bbox"
 GT_QUERY_FOLDER = "gt_query"
-REQUIRED_FOLDERS = (TRAIN_FOLDER, TEST_FOLDER, QUERY_FOLDER)
+NUM_CAMS = 6
 
-# Official (identity folders, images) of each split of the prepared layout; None where the
-# download's documentation gives no number. The gallery's identity folders include 0000
-# (distractors) and -1 (junk); val holds the first image of every training identity.
-PREPARED_COUNTS: dict[str, tuple[int | None, int]] = {
-    "train_all": (OFFICIAL_COUNTS["train_ids"], OFFICIAL_COUNTS["train_images"]),
-    "train": (OFFICIAL_COUNTS["train_ids"],
-              OFFICIAL_COUNTS["train_images"] - OFFICIAL_COUNTS["train_ids"]),
-    "val": (OFFICIAL_COUNTS["train_ids"], OFFICIAL_COUNTS["train_ids"]),
-    "query": (OFFICIAL_COUNTS["query_ids"], OFFICIAL_COUNTS["query_images"]),
-    "gallery": (OFFICIAL_COUNTS["query_ids"] + 2, OFFICIAL_COUNTS["gallery_images"]),
-    "multi-query": (None, OFFICIAL_COUNTS["gt_bbox_images"]),
-}
+# bounding_box_train makes train_all, train and val; gt_bbox (multi-query) may be missing.
+LAYOUT = DownloadLayout(DOWNLOAD_FOLDER, ".jpg", {
+    "train_all": (ImageFolder(TRAIN_FOLDER),),
+    "gallery": (ImageFolder(TEST_FOLDER),),
+    "query": (ImageFolder(QUERY_FOLDER),),
+    "multi-query": (ImageFolder(GT_BBOX_FOLDER),),
+}, optional=("multi-query",))
+
+# The gallery's identity folders include 0000 (distractors) and -1 (junk).
+OFFICIAL = OfficialCounts(
+    train_ids=OFFICIAL_COUNTS["train_ids"], train_images=OFFICIAL_COUNTS["train_images"],
+    query_ids=OFFICIAL_COUNTS["query_ids"], query_images=OFFICIAL_COUNTS["query_images"],
+    gallery_ids=OFFICIAL_COUNTS["query_ids"] + 2, gallery_images=OFFICIAL_COUNTS["gallery_images"],
+    multi_query_images=OFFICIAL_COUNTS["gt_bbox_images"])

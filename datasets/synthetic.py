@@ -1,10 +1,12 @@
-"""A synthetic, Market-1501-shaped download: procedurally drawn people seen by simulated cameras.
+"""Synthetic Re-ID downloads: procedurally drawn people seen by simulated cameras.
 
-Market-1501 cannot be shipped or fetched here, so every script is tested on this instead. It
-writes the download's folders and file-name scheme (``0002_c1s1_000451_03.jpg``, distractors
-``0000``, junk ``-1``, a stray ``Thumbs.db``), so ``prepare_market.py`` and training run on it
-unchanged. Identity = clothing colours, pattern, accessories, hair and build; camera =
-background, colour cast, brightness and blur; each image adds pose, framing and sensor noise.
+Market-1501, DukeMTMC-reID, CUHK03-NP and MSMT17 cannot be shipped or fetched here, so every
+script is tested on these instead. Each is written in its download's exact shape (folders, file
+names, image format, list files: ``datasets.synthetic_shapes``); Market-1501's, for instance,
+has ``0002_c1s1_000451_03.jpg``, distractors ``0000``, junk ``-1`` and a stray ``Thumbs.db``. So
+``prepare_market.py`` and training run on them unchanged. Identity = clothing colours, pattern,
+accessories, hair and build; camera = background, colour cast, brightness and blur; each image
+adds pose, framing and sensor noise.
 Some identities are near-twins of another (one attribute differs), so retrieval on unseen people
 stays hard while classifying the training people is learnable in minutes.
 
@@ -12,6 +14,7 @@ Same spec and seed give byte-identical files: every image draws from its own gen
 (seed, its number in the plan), whichever worker process renders it.
 
     python -m datasets.synthetic --out /tmp/synth --preset demo
+    python -m datasets.synthetic --out /tmp/synth --preset tiny --dataset msmt17
 """
 from __future__ import annotations
 
@@ -31,12 +34,12 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageFilter
 
+from datasets import DATASETS
 from datasets import market1501 as m
+from datasets.synthetic_shapes import SHAPES, DownloadShape
 from utils import ArgumentParser, UserError, run_cli
 
 HEIGHT, WIDTH = 128, 64
-
-_IMAGE_FOLDERS = (m.TRAIN_FOLDER, m.TEST_FOLDER, m.QUERY_FOLDER, m.GT_BBOX_FOLDER)
 
 # Market-1501's bounding_box_test: 2,793 distractors and 3,819 junk beside 13,120 good images.
 _OFFICIAL = m.OFFICIAL_COUNTS
@@ -81,7 +84,7 @@ class SyntheticSpec:
              "need at least 1 train and 1 test identity")
         need(self.num_train_ids + self.num_test_ids <= 9998,
              "at most 9998 identities (4-digit ids, 0000 is reserved)")
-        need(2 <= self.num_cams <= 9, f"num_cams must be 2..9, got {self.num_cams}")
+        need(self.num_cams >= 2, f"num_cams must be >= 2, got {self.num_cams}")
         need(self.images_per_id >= 2, f"images_per_id must be >= 2, got {self.images_per_id}")
         for name in ("similar_fraction", "occlusion_prob"):
             value = getattr(self, name)
@@ -365,14 +368,16 @@ def _draw_person(canvas: np.ndarray, person: Person, rng: np.random.Generator, j
 class _Job(NamedTuple):
     """One image to render: where it goes and what it shows."""
     path: str            # relative to the download root
+    role: str            # train, query, gallery, distractor, junk or gt_bbox
     person: int          # index into the identity list; -1 for a stranger (distractor)
     camera: int
     framing: str         # "normal", "junk" (badly cut box) or "distractor"
     key: tuple[int, ...]  # seeds this image's generator
 
 
-def _render(job: _Job, people: list[Person], cameras: list[Camera], spec: SyntheticSpec) -> bytes:
-    """Draw one image and return it as JPEG bytes."""
+def _render(job: _Job, people: list[Person], cameras: list[Camera], spec: SyntheticSpec,
+            image_format: str) -> bytes:
+    """Draw one image and return it as JPEG or PNG bytes."""
     rng = np.random.default_rng(job.key)
     camera = cameras[job.camera]
     jitter = spec.pose_jitter
@@ -410,7 +415,10 @@ def _render(job: _Job, people: list[Person], cameras: list[Camera], spec: Synthe
     noise = spec.noise_std * rng.standard_normal((HEIGHT, WIDTH, 3), np.float32)
     noisy = np.clip(np.asarray(image, np.float32) + noise, 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(noisy).save(buffer, "JPEG", quality=spec.jpeg_quality)
+    if image_format == "JPEG":
+        Image.fromarray(noisy).save(buffer, "JPEG", quality=spec.jpeg_quality)
+    else:
+        Image.fromarray(noisy).save(buffer, image_format)
     return buffer.getvalue()
 
 
@@ -437,27 +445,14 @@ def _spread(total: int, minimum: np.ndarray, maximum: float,
     return counts
 
 
-class _Namer:
-    """Market file names, unique per folder: frames count up per (person, camera)."""
-
-    def __init__(self, rng: np.random.Generator) -> None:
-        self.rng = rng
-        self.last_frame: dict[tuple[int, int], int] = {}
-
-    def __call__(self, pid: int, camera: int, box: int | None = None) -> str:
-        frame = self.last_frame.get((pid, camera), int(self.rng.integers(0, 5000)))
-        frame += int(self.rng.integers(1, 150))
-        self.last_frame[(pid, camera)] = frame
-        box = int(self.rng.integers(1, 6)) if box is None else box
-        return m.format_market_name(pid, camera, int(self.rng.integers(1, 7)), frame, box)
-
-
 def _or_default(total: int | None, default: float) -> int:
     return total if total is not None else round(default)
 
 
-def _plan(spec: SyntheticSpec) -> tuple[list[Person], list[Camera], list[_Job]]:
-    """Identities, cameras and the full list of images, all drawn in the main process."""
+def _plan(spec: SyntheticSpec, shape_type: type[DownloadShape]
+          ) -> tuple[list[Person], list[Camera], list[_Job], DownloadShape]:
+    """Identities, cameras and the full list of images, all drawn in the main process; the
+    shape names each image (roles the download lacks are not drawn)."""
     rng = np.random.default_rng([spec.seed, 0])
     num_ids = spec.num_train_ids + spec.num_test_ids
     pids = rng.permutation(np.arange(1, num_ids + 1))  # train and test ids interleave, as in Market
@@ -472,14 +467,14 @@ def _plan(spec: SyntheticSpec) -> tuple[list[Person], list[Camera], list[_Job]]:
                 people[split_pids[k]] = _near_twin(people[base], twin_rng)
     cameras = [_random_camera(np.random.default_rng([spec.seed, 3, c]), spec.camera_strength)
                for c in range(spec.num_cams)]
-    name = _Namer(rng)
+    shape = shape_type(rng, train_pids, test_pids)
     jobs: list[_Job] = []
 
-    def add(folder: str, pid: int, camera: int, framing: str = "normal", person: int | None = None,
+    def add(role: str, pid: int, camera: int, framing: str = "normal", person: int | None = None,
             box: int | None = None) -> None:
-        path = f"{folder}/{name(pid, camera + 1, box)}"
+        path = shape.path(role, pid, camera + 1, box)
         key = (spec.seed, 4, len(jobs))
-        jobs.append(_Job(path, pid if person is None else person, camera, framing, key))
+        jobs.append(_Job(path, role, pid if person is None else person, camera, framing, key))
 
     def spread_over(cams: np.ndarray, count: int) -> np.ndarray:
         """A camera for each of ``count`` images: every one of ``cams`` at least once."""
@@ -490,7 +485,7 @@ def _plan(spec: SyntheticSpec) -> tuple[list[Person], list[Camera], list[_Job]]:
     for pid, count in zip(train_pids, train_counts):
         cams = rng.permutation(spec.num_cams)[:min(count, rng.integers(2, spec.num_cams + 1))]
         for camera in spread_over(cams, count):
-            add(m.TRAIN_FOLDER, pid, camera)
+            add("train", pid, camera)
 
     # Test identities: one query per camera they are seen by, a gallery image in each of those.
     if spec.query_images is None:
@@ -502,19 +497,25 @@ def _plan(spec: SyntheticSpec) -> tuple[list[Person], list[Camera], list[_Job]]:
     for pid, num_query_cams, count in zip(test_pids, query_cams, gallery_counts):
         cams = rng.permutation(spec.num_cams)[:num_query_cams]
         for camera in cams:
-            add(m.QUERY_FOLDER, pid, camera)
+            add("query", pid, camera)
         for camera in spread_over(cams, count):
-            add(m.TEST_FOLDER, pid, camera)
-        for camera in rng.choice(cams, spec.gt_bbox_per_id):
-            add(m.GT_BBOX_FOLDER, pid, camera, box=0)
-    for _ in range(_or_default(spec.distractor_images, gallery_total * _DISTRACTOR_SHARE)):
-        add(m.TEST_FOLDER, m.DISTRACTOR_PID, int(rng.integers(spec.num_cams)), "distractor",
-            person=-1)
-    for _ in range(_or_default(spec.junk_images, gallery_total * _JUNK_SHARE)):
-        # Junk shows a test person in a bad box.
-        add(m.TEST_FOLDER, m.JUNK_PID, int(rng.integers(spec.num_cams)), "junk",
-            person=int(rng.choice(test_pids)))
-    return people, cameras, jobs
+            add("gallery", pid, camera)
+        if "gt_bbox" in shape.folders:
+            for camera in rng.choice(cams, spec.gt_bbox_per_id):
+                add("gt_bbox", pid, camera, box=0)
+    if "distractor" in shape.folders:
+        for _ in range(_or_default(spec.distractor_images, gallery_total * _DISTRACTOR_SHARE)):
+            add("distractor", m.DISTRACTOR_PID, int(rng.integers(spec.num_cams)), "distractor",
+                person=-1)
+    if "junk" in shape.folders:
+        for _ in range(_or_default(spec.junk_images, gallery_total * _JUNK_SHARE)):
+            # Junk shows a test person in a bad box.
+            add("junk", m.JUNK_PID, int(rng.integers(spec.num_cams)), "junk",
+                person=int(rng.choice(test_pids)))
+    for prefix, copy in shape.copies:  # a second rendering (CUHK03-NP's labeled boxes)
+        jobs += [job._replace(path=copy + job.path[len(prefix):], key=(*job.key, 1))
+                 for job in jobs if job.path.startswith(prefix)]
+    return people, cameras, jobs, shape
 
 
 # ---------------------------------------------------------------------------------------------
@@ -524,23 +525,21 @@ _WORKER: dict = {}
 
 
 def _init_worker(people: list[Person], cameras: list[Camera], spec: SyntheticSpec,
-                 root: str) -> None:
-    _WORKER.update(people=people, cameras=cameras, spec=spec, root=root)
+                 root: str, image_format: str) -> None:
+    _WORKER.update(people=people, cameras=cameras, spec=spec, root=root,
+                   image_format=image_format)
 
 
 def _write_job(job: _Job) -> None:
-    data = _render(job, _WORKER["people"], _WORKER["cameras"], _WORKER["spec"])
+    data = _render(job, _WORKER["people"], _WORKER["cameras"], _WORKER["spec"],
+                   _WORKER["image_format"])
     with open(os.path.join(_WORKER["root"], job.path), "wb") as f:
         f.write(data)
 
 
-def _readme(spec: SyntheticSpec, counts: dict[str, int]) -> str:
+def _readme(spec: SyntheticSpec, shape: DownloadShape, counts: dict[str, int]) -> str:
     lines = [
-        "Synthetic Market-1501-shaped data, drawn by datasets/synthetic.py of the CORE/SELF",
-        "reference implementation. Not Market-1501: procedurally drawn people, for testing only.",
-        "",
-        "File names follow Market-1501: PPPP_cCsS_FFFFFF_BB.jpg (person, camera, sequence, frame,",
-        "box); person 0000 = distractor, -1 = junk.",
+        *shape.readme_intro(),
         "",
         "Images per folder: " + ", ".join(f"{folder} {n}" for folder, n in counts.items()),
         "Spec: " + ", ".join(f"{f.name}={getattr(spec, f.name)}" for f in dataclasses.fields(spec)),
@@ -549,33 +548,38 @@ def _readme(spec: SyntheticSpec, counts: dict[str, int]) -> str:
 
 
 def generate(out_dir: str | Path, spec: SyntheticSpec, workers: int = 2,
-             progress: bool = False) -> Path:
-    """Write the download for ``spec`` to ``out_dir/Market-1501-v15.09.15`` and return that path.
+             progress: bool = False, shape: str = "market") -> Path:
+    """Write ``shape``'s download for ``spec`` under ``out_dir`` (e.g.
+    ``out_dir/Market-1501-v15.09.15``) and return its top folder.
 
     It is built under a temporary name and renamed when complete, so an interrupted run leaves
     no half download behind (the next run starts over).
     """
-    root = Path(out_dir) / m.DOWNLOAD_FOLDER
+    shape_type = _shape_type(shape)
+    info = DATASETS[shape_type.dataset]
+    if spec.num_cams > info.num_cams:
+        raise UserError(f"synthetic dataset: num_cams must be 2..{info.num_cams} for "
+                        f"{info.title}, got {spec.num_cams}")
+    root = Path(out_dir) / shape_type.top_folder
     if root.exists():
         raise UserError(f"{root} already exists; delete it or choose another output folder")
-    people, cameras, jobs = _plan(spec)
+    people, cameras, jobs, layout = _plan(spec, shape_type)
     partial = root.with_name(f".{root.name}.partial")
+    folders = layout.image_folders() + sorted({job.path.rsplit("/", 1)[0] for job in jobs})
     try:
         if partial.exists():
             shutil.rmtree(partial)
-        for folder in (*_IMAGE_FOLDERS, m.GT_QUERY_FOLDER):
-            (partial / folder).mkdir(parents=True)
+        for folder in folders:
+            (partial / folder).mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot write to {out_dir} ({err.strerror}); choose a writable "
                         "folder") from None
-    for index, folder in enumerate(_IMAGE_FOLDERS):  # the real download has one in each
-        thumbs = np.random.default_rng([spec.seed, 5, index]).bytes(1024)
-        (partial / folder / "Thumbs.db").write_bytes(thumbs)
+    layout.write_extras(partial, spec.seed, [(job.role, job.path) for job in jobs])
     counts = {folder: sum(job.path.startswith(folder + "/") for job in jobs)
-              for folder in _IMAGE_FOLDERS}
-    (partial / "readme.txt").write_text(_readme(spec, counts))
+              for folder in layout.image_folders()}
+    (partial / "readme.txt").write_text(_readme(spec, layout, counts))
 
-    args = (people, cameras, spec, str(partial))
+    args = (people, cameras, spec, str(partial), layout.image_format)
     started = time.time()
     with contextlib.ExitStack() as stack:
         if workers > 1:
@@ -592,6 +596,13 @@ def generate(out_dir: str | Path, spec: SyntheticSpec, workers: int = 2,
     return root
 
 
+def _shape_type(shape: str) -> type[DownloadShape]:
+    if shape not in SHAPES:
+        raise UserError(f"unknown synthetic download {shape!r}; choose one of: "
+                        f"{', '.join(SHAPES)}")
+    return SHAPES[shape]
+
+
 def make_synthetic_market(out_dir: str | Path, num_train_ids: int, num_test_ids: int,
                           images_per_id: float, num_cams: int = 6, seed: int = 0,
                           workers: int = 2, progress: bool = False, **options) -> Path:
@@ -604,20 +615,26 @@ def make_synthetic_market(out_dir: str | Path, num_train_ids: int, num_test_ids:
 
 
 def make_preset(out_dir: str | Path, preset: str = "demo", workers: int = 2, progress: bool = False,
-                **overrides) -> Path:
-    """Write one of ``PRESETS`` (tiny, demo, market), any ``SyntheticSpec`` field overridden."""
+                shape: str = "market", **overrides) -> Path:
+    """Write one of ``PRESETS`` (tiny, demo, market) in the shape of one of ``SHAPES`` (market,
+    duke, cuhk03, msmt17, msmt17_v2), any ``SyntheticSpec`` field overridden."""
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    return generate(out_dir, dataclasses.replace(PRESETS[preset], **overrides), workers, progress)
+    fixed = _shape_type(shape).spec_overrides
+    spec = dataclasses.replace(PRESETS[preset], **{**fixed, **overrides})
+    return generate(out_dir, spec, workers, progress, shape)
 
 
 def main() -> None:
     parser = ArgumentParser(
-        description="Write a synthetic Market-1501-shaped download (Market-1501-v15.09.15/ with "
-                    "bounding_box_train, bounding_box_test, query, gt_bbox, gt_query) to test "
+        description="Write a synthetic download in a real one's shape (Market-1501-v15.09.15/, "
+                    "DukeMTMC-reID/, cuhk03-np/, MSMT17_V1/ or MSMT17_V2/) to test "
                     "prepare_market.py and training without the real dataset.")
     a = parser.add_argument
-    a("--out", type=Path, required=True, help="folder to write Market-1501-v15.09.15/ into")
+    a("--out", type=Path, required=True, help="folder to write the download's top folder into")
+    a("--dataset", choices=list(SHAPES), default="market",
+      help="whose download to imitate (default market; cuhk03 writes detected/ and labeled/; "
+      "msmt17_v2 is MSMT17 with V2's folder names)")
     a("--preset", choices=list(PRESETS), default="demo",
       help="tiny (tests), demo (the training demo; default), market (Market-1501's counts)")
     a("--ids", type=int, help="identities in train and in test each (overrides the preset)")
@@ -639,7 +656,7 @@ def main() -> None:
                          distractor_images=None, junk_images=None)
     started = time.time()
     root = make_preset(args.out, args.preset, workers=args.workers, progress=True,
-                       seed=args.seed, **overrides)
+                       shape=args.dataset, seed=args.seed, **overrides)
     print(f"wrote {root} in {time.time() - started:.1f}s")
 
 

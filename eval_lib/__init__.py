@@ -1,6 +1,8 @@
 """Re-ID evaluation (CMC and mAP) with a compiled kernel and a pure-numpy fallback.
 
-``evaluate`` implements the standard Market-1501 protocol (and single-shot CUHK03). The compiled
+``evaluate`` implements the standard Market-1501 protocol (and single-shot CUHK03);
+``evaluate_blocks`` gives ``evaluate``'s Market-1501 result for a distance matrix handed over in
+blocks of query rows, so that no more than one block need exist at once. The compiled
 extension ``eval_lib._eval_cy`` is built by ``pip install -e .`` from the repo root; without it
 the slow numpy reference in ``eval_lib._reference`` is used and one warning says so.
 ``CYTHON_AVAILABLE`` tells which is in use. Threads of the compiled kernel: ``OMP_NUM_THREADS``.
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import operator
 import warnings
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -28,7 +30,7 @@ except ImportError:
 
 CYTHON_AVAILABLE: bool = _eval_cy is not None
 
-__all__ = ["CYTHON_AVAILABLE", "evaluate", "eval_market1501_wrap"]
+__all__ = ["CYTHON_AVAILABLE", "evaluate", "evaluate_blocks", "eval_market1501_wrap"]
 
 PROTOCOLS = ("market1501", "cuhk03")
 BACKENDS = ("auto", "compiled", "numpy")
@@ -76,10 +78,8 @@ def evaluate(
     """
     dist = _as_distmat(distmat)
     nq, ng = dist.shape
-    q_pids_a = _as_ids(q_pids, "q_pids", nq, "rows (queries)")
-    g_pids_a = _as_ids(g_pids, "g_pids", ng, "columns (gallery items)")
-    q_cams_a = _as_ids(q_camids, "q_camids", nq, "rows (queries)")
-    g_cams_a = _as_ids(g_camids, "g_camids", ng, "columns (gallery items)")
+    q_pids_a, g_pids_a, q_cams_a, g_cams_a = _as_all_ids(q_pids, g_pids, q_camids, g_camids,
+                                                         nq, ng)
     max_rank = min(_positive_int(max_rank, "max_rank"), ng)
     num_repeats = _positive_int(num_repeats, "num_repeats")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -90,16 +90,7 @@ def evaluate(
 
     groups = _GalleryGroups(g_pids_a, q_pids_a)
     first_rank, ap = _market_stats(kernel, dist, q_pids_a, q_cams_a, g_pids_a, g_cams_a, groups)
-    nan_rows = np.flatnonzero(first_rank == -2)
-    if len(nan_rows):
-        raise ValueError(f"distmat contains NaN (row {nan_rows[0]}); distances must be numbers")
-    valid = first_rank >= 0
-    if not valid.any():
-        raise ValueError(
-            "no query has a valid match in the gallery (each query's identity is absent from "
-            "the gallery, junk, or only seen by the query's own camera)"
-        )
-
+    valid = _answered_queries(first_rank)
     if protocol == "market1501":
         ranks = first_rank[valid]
     else:
@@ -107,8 +98,53 @@ def evaluate(
             kernel, dist, q_pids_a, q_cams_a, g_pids_a, g_cams_a, groups, num_repeats, seed
         )
         ranks = all_ranks[valid].ravel()
-    hits_at = np.bincount(np.minimum(ranks, max_rank), minlength=max_rank + 1)[:max_rank]
-    return np.cumsum(hits_at) / len(ranks), float(ap[valid].mean())
+    return _cmc(ranks, max_rank), float(ap[valid].mean())
+
+
+def evaluate_blocks(
+    distance_blocks: Iterable[Any],
+    q_pids: Any,
+    g_pids: Any,
+    q_camids: Any,
+    g_camids: Any,
+    max_rank: int = 50,
+    backend: str = "auto",
+) -> tuple[np.ndarray, float]:
+    """``evaluate(..., protocol="market1501")`` of the matrix whose consecutive row blocks
+    ``distance_blocks`` yields (any number of query rows each, every gallery column).
+
+    Each query is scored from its own row alone, so the result is exactly that of the stacked
+    matrix, while memory holds one block at a time: MSMT17's 11,659 x 82,161 float32 matrix is
+    3.8 GB, a block of a few hundred rows some 100 MB. Blocks may differ in dtype (any that
+    ``evaluate`` takes); NaN rows, a wrong block width and a row count that does not add up to
+    ``len(q_pids)`` raise ValueError.
+    """
+    nq, ng = np.size(q_pids), np.size(g_pids)
+    q_pids_a, g_pids_a, q_cams_a, g_cams_a = _as_all_ids(q_pids, g_pids, q_camids, g_camids,
+                                                         nq, ng)
+    max_rank = min(_positive_int(max_rank, "max_rank"), ng)
+    kernel = _pick_backend(backend)
+    groups = _GalleryGroups(g_pids_a, q_pids_a)
+    first_rank, ap = np.empty(nq, dtype=np.int64), np.empty(nq, dtype=np.float64)
+    start = 0
+    for block in distance_blocks:
+        if np.ndim(block) == 2 and np.shape(block)[0] == 0:
+            continue  # an empty block scores no query
+        dist = _as_distmat(block)
+        stop = start + dist.shape[0]
+        if dist.shape[1] != ng or stop > nq:
+            raise ValueError(f"distance block of shape {dist.shape} at row {start} does not fit "
+                             f"a {nq} x {ng} matrix")
+        rows = slice(start, stop)
+        first_rank[rows], ap[rows] = _market_stats(
+            kernel, dist, q_pids_a[rows], q_cams_a[rows], g_pids_a, g_cams_a, groups, rows
+        )
+        del block, dist  # so that the next block is not made while this one is still held
+        start = stop
+    if start != nq:
+        raise ValueError(f"distance blocks hold {start} rows but there are {nq} queries")
+    valid = _answered_queries(first_rank)
+    return _cmc(first_rank[valid], max_rank), float(ap[valid].mean())
 
 
 def eval_market1501_wrap(
@@ -148,21 +184,44 @@ class _GalleryGroups:
         self.of_query = np.where(found, where, -1)
 
 
-def _market_stats(kernel, dist, q_pids, q_cams, g_pids, g_cams, groups: _GalleryGroups):
-    """Per query: rank of the first valid match (-1 none, -2 NaN in row) and AP."""
+def _market_stats(kernel, dist, q_pids, q_cams, g_pids, g_cams, groups: _GalleryGroups,
+                  rows: slice = slice(None)):
+    """Per query: rank of the first valid match (-1 none, -2 NaN in row) and AP; ``dist`` holds
+    the ``rows`` of the queries ``groups`` was built for."""
     if kernel is _reference:
         return _reference.market_stats(dist, q_pids, q_cams, g_pids, g_cams)
     nq = len(q_pids)
-    has_group = groups.of_query >= 0
+    of_query = groups.of_query[rows]
+    has_group = of_query >= 0
     q_start, q_end = np.zeros(nq, dtype=np.int64), np.zeros(nq, dtype=np.int64)
-    q_start[has_group] = groups.start[groups.of_query[has_group]]
-    q_end[has_group] = groups.start[groups.of_query[has_group] + 1]
+    q_start[has_group] = groups.start[of_query[has_group]]
+    q_end[has_group] = groups.start[of_query[has_group] + 1]
     first_rank, ap = np.empty(nq, dtype=np.int64), np.zeros(nq, dtype=np.float64)
     kernel.market_stats(
         dist, q_pids, q_cams, g_pids, g_cams, groups.order, q_start, q_end,
         int(np.diff(groups.start).max(initial=0)), first_rank, ap,
     )
     return first_rank, ap
+
+
+def _answered_queries(first_rank: np.ndarray) -> np.ndarray:
+    """The mask of queries with a valid match; ValueError for a NaN row or if there are none."""
+    nan_rows = np.flatnonzero(first_rank == -2)
+    if len(nan_rows):
+        raise ValueError(f"distmat contains NaN (row {nan_rows[0]}); distances must be numbers")
+    valid = first_rank >= 0
+    if not valid.any():
+        raise ValueError(
+            "no query has a valid match in the gallery (each query's identity is absent from "
+            "the gallery, junk, or only seen by the query's own camera)"
+        )
+    return valid
+
+
+def _cmc(ranks: np.ndarray, max_rank: int) -> np.ndarray:
+    """``cmc[k]`` = the fraction of ``ranks`` (0-based) below k + 1."""
+    hits_at = np.bincount(np.minimum(ranks, max_rank), minlength=max_rank + 1)[:max_rank]
+    return np.cumsum(hits_at) / len(ranks)
 
 
 def _cuhk03_ranks(kernel, dist, q_pids, q_cams, g_pids, g_cams, groups, num_repeats, seed):
@@ -207,6 +266,15 @@ def _as_distmat(distmat: Any) -> np.ndarray:
     else:
         raise ValueError(f"distmat must hold real numbers, got dtype {arr.dtype}")
     return np.ascontiguousarray(arr, dtype=target)
+
+
+def _as_all_ids(q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any, nq: int,
+                ng: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The four id vectors, checked against ``nq`` queries and ``ng`` gallery items."""
+    return (_as_ids(q_pids, "q_pids", nq, "rows (queries)"),
+            _as_ids(g_pids, "g_pids", ng, "columns (gallery items)"),
+            _as_ids(q_camids, "q_camids", nq, "rows (queries)"),
+            _as_ids(g_camids, "g_camids", ng, "columns (gallery items)"))
 
 
 def _as_ids(values: Any, name: str, length: int, what: str) -> np.ndarray:

@@ -63,7 +63,7 @@ def test_load_split_reads_data_dir_slash_folder(prepared_market):
 
 def test_unknown_dataset_or_split_lists_choices(prepared_market):
     with pytest.raises(UserError, match="market"):
-        get_dataset_info("duke")
+        get_dataset_info("viper")
     with pytest.raises(UserError, match="train_all"):
         load_split(prepared_market.parent, "market", "test")
 

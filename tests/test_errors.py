@@ -101,7 +101,8 @@ FLAG_CASES = [
     (["--lr", "abc"], "argument --lr: invalid float value: 'abc'"),
     (["--arch", "resnet99"], "argument --arch: invalid choice: 'resnet99'"),
     (["--no_such_flag"], "unrecognized arguments: --no_such_flag"),
-    (["--dataset", "nowhere"], "unknown dataset 'nowhere'; choose one of: market"),
+    (["--dataset", "nowhere"],
+     "unknown dataset 'nowhere'; choose one of: cuhk03, cuhk03_labeled, duke, market, msmt17"),
     (["--pattern"], "--pattern needs --pattern_model"),
     (["--pattern", "--pattern_model", "missing.pt"], "(got: missing.pt: no such file)"),
     (["--pattern_model", "x.pt"], "--pattern_model x.pt without --pattern"),
@@ -178,6 +179,109 @@ def test_prepare_market_bad_source_is_one_line(world, tmp_path, capsys, monkeypa
     expect_error(prepare_market, ["--src", str(tmp_path / "none.zip"), "--dst",
                                   str(tmp_path / "out")], "source not found", world, capsys,
                  monkeypatch)
+
+
+# ---- wrong or mixed-up downloads ---------------------------------------------------------------
+
+def expect_prepare_error(argv, message, src, capsys, monkeypatch):
+    """prepare_market.py fails with one line naming ``message``; SRC is unchanged and no DST
+    was written."""
+    before = file_digests(src) if src.is_dir() else src.read_bytes()
+    dst = Path(argv[argv.index("--dst") + 1])
+    code, err = run_script(prepare_market, argv, capsys, monkeypatch)
+    assert_one_line(code, err, message)
+    assert (file_digests(src) if src.is_dir() else src.read_bytes()) == before
+    assert not dst.exists()
+
+
+def own_copy(download: Path, tmp_path: Path) -> Path:
+    """A copy of a synthetic download the test may break."""
+    return Path(shutil.copytree(download, tmp_path / "src" / download.name))
+
+
+def test_download_of_another_dataset_names_it(synthetic_download, synthetic_downloads, tmp_path,
+                                              capsys, monkeypatch):
+    duke = synthetic_downloads("duke")
+    expect_prepare_error(["--src", str(duke), "--dst", str(tmp_path / "market")],
+                         "not a Market-1501 image name", duke, capsys, monkeypatch)
+    expect_prepare_error(["--src", str(duke), "--dst", str(tmp_path / "market")],
+                         "it looks like DukeMTMC-reID: use --dataset duke", duke, capsys,
+                         monkeypatch)
+    expect_prepare_error(["--dataset", "duke", "--src", str(synthetic_download), "--dst",
+                          str(tmp_path / "duke")],
+                         "it looks like Market-1501: use --dataset market",
+                         synthetic_download, capsys, monkeypatch)
+    msmt = synthetic_downloads("msmt17")
+    expect_prepare_error(["--dataset", "cuhk03", "--src", str(msmt.parent), "--dst",
+                          str(tmp_path / "cuhk03")],
+                         "it looks like MSMT17: use --dataset msmt17", msmt.parent, capsys,
+                         monkeypatch)
+
+
+def test_cuhk03_without_detected_folder(synthetic_downloads, tmp_path, capsys, monkeypatch):
+    src = own_copy(synthetic_downloads("cuhk03"), tmp_path)
+    shutil.rmtree(src / "detected")
+    expect_prepare_error(["--dataset", "cuhk03", "--src", str(src), "--dst",
+                          str(tmp_path / "cuhk03")],
+                         "no detected/bounding_box_train/, detected/bounding_box_test/, "
+                         "detected/query/ in", src, capsys, monkeypatch)
+    expect_prepare_error(["--dataset", "cuhk03", "--src", str(src), "--dst",
+                          str(tmp_path / "cuhk03")],
+                         "use --dataset cuhk03_labeled", src, capsys, monkeypatch)
+
+
+def test_msmt17_without_or_with_wrong_list_files(synthetic_downloads, tmp_path, capsys,
+                                                  monkeypatch):
+    src = own_copy(synthetic_downloads("msmt17"), tmp_path)
+    argv = ["--dataset", "msmt17", "--src", str(src), "--dst", str(tmp_path / "msmt17")]
+    lists = {name: (src / name).read_text() for name in
+             ("list_train.txt", "list_val.txt", "list_query.txt", "list_gallery.txt")}
+    for name in lists:
+        (src / name).unlink()
+    expect_prepare_error(argv, "no list_train.txt, list_val.txt, list_query.txt, "
+                         "list_gallery.txt in", src, capsys, monkeypatch)
+    for name, text in lists.items():
+        (src / name).write_text(text)
+    gallery = lists["list_gallery.txt"].splitlines()
+    (src / "list_gallery.txt").write_text("\n".join(gallery + ["0000/0000_999_01_x_0001_0.jpg 0"]))
+    expect_prepare_error(argv, f"list_gallery.txt line {len(gallery) + 1} names "
+                         "test/0000/0000_999_01_x_0001_0.jpg, which is not in the download",
+                         src, capsys, monkeypatch)
+    path, label = gallery[0].split(" ")
+    (src / "list_gallery.txt").write_text("\n".join([f"{path} {int(label) + 1}", *gallery[1:]]))
+    expect_prepare_error(argv, f"test/{path}: listed with label {int(label) + 1} but its name "
+                         f"says person {int(label)}", src, capsys, monkeypatch)
+    (src / "list_gallery.txt").write_text("\n".join(["just-a-path", *gallery[1:]]))
+    expect_prepare_error(argv, "list_gallery.txt line 1 reads 'just-a-path', expected",
+                         src, capsys, monkeypatch)
+
+
+def test_camera_outside_the_dataset_and_tar_archives(synthetic_downloads, tmp_path, capsys,
+                                                     monkeypatch):
+    src = own_copy(synthetic_downloads("duke"), tmp_path)
+    stray = src / "query" / "0001_c9_f0000001.jpg"
+    shutil.copyfile(next((src / "query").iterdir()), stray)
+    expect_prepare_error(["--dataset", "duke", "--src", str(src), "--dst", str(tmp_path / "d")],
+                         "query/0001_c9_f0000001.jpg in the download: camera 9, but "
+                         "DukeMTMC-reID has cameras 1..8", src, capsys, monkeypatch)
+    tar = tmp_path / "MSMT17_V1.tar.gz"
+    tar.write_bytes(b"not read")
+    expect_prepare_error(["--dataset", "msmt17", "--src", str(tar), "--dst",
+                          str(tmp_path / "m")], f"extract it first (tar xf {tar})", tar, capsys,
+                         monkeypatch)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--dataset", "duke"], "prepare the dataset with: python prepare_market.py --dataset duke"),
+    (["--dataset", "msmt17", "--demo"], "--demo trains on synthetic Market-1501 data"),
+    (["--eval_protocol", "released", "--dataset", "cuhk03"],
+     "it has no meaning for --dataset cuhk03"),
+], ids=["not-prepared", "demo", "released-protocol"])
+def test_dataset_flags_are_one_line(world, capsys, monkeypatch, extra, message):
+    data, _ = world
+    if "--eval_protocol" in extra:
+        (data / "cuhk03").mkdir()  # past the missing-folder check, to the protocol
+    expect_error(train_self, base(world, *extra), message, world, capsys, monkeypatch)
 
 
 # ---- broken data -------------------------------------------------------------------------------

@@ -326,3 +326,60 @@ def test_missing_extension_falls_back_with_one_warning():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# ---- scoring a matrix handed over in blocks of queries -----------------------------------------
+
+def split_rows(distmat, cuts):
+    """The row blocks of ``distmat`` between ``cuts`` (empty blocks allowed)."""
+    edges = [0, *cuts, len(distmat)]
+    return [distmat[a:b] for a, b in zip(edges, edges[1:])]
+
+
+@pytest.mark.parametrize("backend", ["compiled", "numpy"])
+def test_blocks_give_exactly_the_whole_matrix_result(backend):
+    rng = np.random.default_rng(11)
+    for dist_kind in ("float32", "float64", "int"):
+        for _ in range(20):
+            n_query, n_gallery = int(rng.integers(1, 40)), int(rng.integers(1, 120))
+            problem = random_problem(rng, n_query, n_gallery, 8, 3, dist_kind)
+            expected = naive_market(*problem, 20)
+            cuts = sorted(rng.integers(0, n_query + 1, int(rng.integers(0, 5))).tolist())
+            blocks = split_rows(problem[0], cuts)
+            if expected is None:
+                with pytest.raises(ValueError, match="no query has a valid match"):
+                    eval_lib.evaluate_blocks(blocks, *problem[1:], max_rank=20, backend=backend)
+                continue
+            result = eval_lib.evaluate_blocks(iter(blocks), *problem[1:], max_rank=20,
+                                              backend=backend)
+            whole = eval_lib.evaluate(*problem, max_rank=20, backend=backend)
+            assert np.array_equal(result[0], whole[0]) and result[1] == whole[1]
+            assert_same(result, expected)
+
+
+def test_blocks_one_row_each_and_mixed_dtypes():
+    rng = np.random.default_rng(12)
+    problem = random_problem(rng, 30, 200, 10, 4)
+    rows = [row[None] if i % 2 else row[None].astype(np.float64)
+            for i, row in enumerate(problem[0])]
+    result = eval_lib.evaluate_blocks(rows, *problem[1:])
+    whole = eval_lib.evaluate(*problem)
+    assert np.array_equal(result[0], whole[0]) and result[1] == whole[1]
+
+
+def test_blocks_that_do_not_fit_are_refused():
+    rng = np.random.default_rng(13)
+    distmat, q_pids, g_pids, q_cams, g_cams = random_problem(rng, 10, 50, 5, 3)
+    ids = (q_pids, g_pids, q_cams, g_cams)
+    with pytest.raises(ValueError, match=r"shape \(4, 49\) at row 6 does not fit a 10 x 50"):
+        eval_lib.evaluate_blocks([distmat[:6], distmat[6:, :49]], *ids)
+    with pytest.raises(ValueError, match="blocks hold 6 rows but there are 10 queries"):
+        eval_lib.evaluate_blocks([distmat[:6]], *ids)
+    with pytest.raises(ValueError, match=r"at row 10 does not fit"):
+        eval_lib.evaluate_blocks([distmat, distmat[:1]], *ids)
+    distmat = distmat.copy()
+    q_pids[7], g_pids[3] = 1, 1  # row 7 has a valid match, so its NaN is read
+    g_cams[3] = q_cams[7] + 1
+    distmat[7, 0] = np.nan
+    with pytest.raises(ValueError, match=r"NaN \(row 7\)"):
+        eval_lib.evaluate_blocks([distmat[:5], distmat[5:]], *ids)

@@ -8,7 +8,7 @@ import eval_lib
 from datasets import load_split
 from datasets.market1501 import released_code_camid
 from datasets.pipeline import LoaderBatches, eval_transform
-from eval_utils import EvalSet, extract_features, get_test_acc, scoring_identities
+from eval_utils import EvalSet, extract_features, get_test_acc, query_blocks, scoring_identities
 from model import build_model
 
 CROP = (32, 16)
@@ -80,3 +80,21 @@ def test_released_protocol_reads_cameras_from_frames_and_keeps_junk(prepared_mar
     expected = [released_code_camid(p.name) for p in data.paths]  # ... cameras mis-read
     assert gallery.camids.tolist() == expected
     assert not np.array_equal(gallery.camids, data.camids)
+
+
+def test_scoring_in_query_blocks_is_exact_and_bounded(prepared_market, model):
+    query = make_eval_set(prepared_market, "query")
+    gallery = make_eval_set(prepared_market, "gallery")
+    qf, gf = extract_features(model, query, CPU), extract_features(model, gallery, CPU)
+    block_bytes = 3 * 4 * len(gallery)  # three queries' float32 distances per block
+    blocks = list(query_blocks(qf, gf, block_bytes))
+    assert len(blocks) == -(-len(query) // 3)
+    assert all(b.dtype == np.float32 and b.nbytes <= block_bytes for b in blocks)
+    stacked = np.concatenate(blocks)
+    np.testing.assert_allclose(stacked, (-(qf @ gf.T)).numpy(), rtol=0, atol=1e-6)
+    tail = len(query) % 3 or 3  # the last block's rows come from a product as tall as the rest
+    assert np.array_equal(blocks[-1], (-(qf[-3:] @ gf.T)).numpy()[3 - tail:])
+    ids = (query.pids, gallery.pids, query.camids, gallery.camids)
+    cmc, mean_ap = eval_lib.evaluate_blocks(blocks, *ids)
+    whole_cmc, whole_ap = eval_lib.evaluate(stacked, *ids)
+    assert np.array_equal(cmc, whole_cmc) and mean_ap == whole_ap

@@ -10,37 +10,16 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from conftest import file_digests
+from conftest import file_digests, file_states, zip_download
 
 from datasets import market1501 as m
 from datasets.synthetic import make_preset
-from prepare_market import format_summary, prepare
+from datasets.prepare import format_summary, prepare
 from utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_FOLDER = {"train_all": m.TRAIN_FOLDER, "train": m.TRAIN_FOLDER, "val": m.TRAIN_FOLDER,
                  "query": m.QUERY_FOLDER, "gallery": m.TEST_FOLDER, "multi-query": m.GT_BBOX_FOLDER}
-
-
-def zip_download(download: Path, archive: Path, top_folder: bool = True,
-                 compression: int = zipfile.ZIP_DEFLATED) -> Path:
-    """Zip a download folder as the official archive is laid out (or without its top folder)."""
-    with zipfile.ZipFile(archive, "w", compression) as zf:
-        for path in sorted(download.rglob("*")):
-            relative = path.relative_to(download.parent if top_folder else download).as_posix()
-            zf.write(path, relative + "/" if path.is_dir() else relative)
-    return archive
-
-
-def file_states(root: Path) -> dict[str, tuple[int, int, int]]:
-    """Relative path -> (inode, size, mtime in ns)."""
-    states = {}
-    for path in root.rglob("*"):
-        if path.is_file():
-            stat = path.stat()
-            relative = path.relative_to(root).as_posix()
-            states[relative] = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-    return states
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

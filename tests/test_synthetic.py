@@ -1,4 +1,5 @@
-"""The synthetic download: Market-1501's layout and names, determinism, and its options."""
+"""The synthetic downloads: Market-1501's layout and names, determinism, options, and the shapes
+of DukeMTMC-reID, CUHK03-NP and MSMT17."""
 from __future__ import annotations
 
 import subprocess
@@ -11,6 +12,9 @@ from conftest import file_digests
 from PIL import Image
 
 from datasets import market1501 as m
+from datasets.cuhk03 import parse_cuhk03_name
+from datasets.dukemtmc import parse_duke_name
+from datasets.msmt17 import parse_msmt17_name
 from datasets.synthetic import PRESETS, make_preset, make_synthetic_market
 from utils import UserError
 
@@ -128,3 +132,79 @@ def test_cli(tmp_path):
                            capture_output=True, text=True)
     assert again.returncode != 0 and "Traceback" not in again.stderr
     assert again.stderr.startswith("error:") and "already exists" in again.stderr
+
+
+# ---- the other downloads' shapes ---------------------------------------------------------------
+
+def relative_files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def test_duke_shape(synthetic_downloads):
+    download = synthetic_downloads("duke")
+    assert download.name == "DukeMTMC-reID"
+    folders = ("bounding_box_train", "bounding_box_test", "query")
+    assert sorted(p.name for p in download.iterdir() if p.is_dir()) == sorted(folders)
+    parsed = {folder: [parse_duke_name(p.name) for p in (download / folder).iterdir()]
+              for folder in folders}  # every name parses: 0001_c2_f0046182.jpg
+    cams = {n.camid for names_ in parsed.values() for n in names_}
+    assert cams <= set(range(1, 9))
+    train, gallery, query = (
+        {n.pid for n in parsed[f]} for f in ("bounding_box_train", "bounding_box_test", "query"))
+    assert not train & gallery and query < gallery and -1 not in gallery and 0 not in gallery
+    distractors = gallery - query  # people of their own, never queried
+    assert distractors and all(pid > max(train | query) for pid in distractors)
+
+
+def test_cuhk03_shape(synthetic_downloads):
+    download = synthetic_downloads("cuhk03")
+    assert download.name == "cuhk03-np"
+    for mode in ("detected", "labeled"):
+        for folder in ("bounding_box_train", "bounding_box_test", "query"):
+            files = sorted((download / mode / folder).iterdir())
+            assert files and all(p.suffix == ".png" for p in files)
+            with Image.open(files[0]) as image:
+                assert image.format == "PNG" and image.size == (64, 128)
+            assert {parse_cuhk03_name(p.name).camid for p in files} == {1, 2}
+    # The query holds each test person once per camera: two queries each, as in CUHK03-NP.
+    query = [parse_cuhk03_name(p.name) for p in (download / "detected" / "query").iterdir()]
+    assert sorted((n.pid, n.camid) for n in query) == sorted(
+        (pid, cam) for pid in {n.pid for n in query} for cam in (1, 2))
+    detected = file_digests(download / "detected")
+    labeled = file_digests(download / "labeled")
+    assert detected.keys() == labeled.keys() and detected != labeled
+
+
+@pytest.mark.parametrize("shape, top, train, test", [
+    ("msmt17", "MSMT17_V1", "train", "test"),
+    ("msmt17_v2", "MSMT17_V2", "mask_train_v2", "mask_test_v2")])
+def test_msmt17_shape(synthetic_downloads, shape, top, train, test):
+    download = synthetic_downloads(shape)
+    assert download.name == top
+    lists = {}
+    for name in ("list_train.txt", "list_val.txt", "list_query.txt", "list_gallery.txt"):
+        lines = (download / name).read_text().splitlines()
+        lists[name] = [(line.split(" ")[0], int(line.split(" ")[1])) for line in lines]
+    for name, entries in lists.items():
+        for path, label in entries:  # <pid>/<file> <pid>, the file's own person
+            folder, file = path.split("/")
+            assert int(folder) == label == parse_msmt17_name(file).pid
+            assert 1 <= parse_msmt17_name(file).camid <= 15
+    trained = [path for name in ("list_train.txt", "list_val.txt") for path, _ in lists[name]]
+    tested = [path for name in ("list_query.txt", "list_gallery.txt") for path, _ in lists[name]]
+    assert sorted(trained) == relative_files(download / train)  # each image listed once
+    assert sorted(tested) == relative_files(download / test)
+    assert lists["list_val.txt"] and set(lists["list_query.txt"]).isdisjoint(
+        lists["list_gallery.txt"])
+    # Persons are counted from 0000 within each folder, so train and test reuse the numbers.
+    assert min(label for _, label in lists["list_train.txt"]) == 0
+    assert min(label for _, label in lists["list_gallery.txt"]) == 0
+
+
+def test_other_shapes_are_deterministic_and_checked(synthetic_downloads, tmp_path):
+    again = make_preset(tmp_path / "again", "tiny", workers=2, shape="msmt17")
+    assert file_digests(again) == file_digests(synthetic_downloads("msmt17"))
+    with pytest.raises(UserError, match="num_cams must be 2..2 for CUHK03-NP"):
+        make_preset(tmp_path / "c", "tiny", shape="cuhk03", num_cams=3)
+    with pytest.raises(UserError, match="unknown synthetic download 'viper'"):
+        make_preset(tmp_path / "v", "tiny", shape="viper")
