@@ -21,18 +21,22 @@ from tqdm import tqdm
 
 from datasets.noise import NoisyLabels, save_noise
 from datasets.pipeline import epoch_seed
-from eval_utils import eval_outputs, get_test_acc
+from eval_utils import model_distances, score_distances
 from methods import Baseline, Peer, make_method
 from model import backbone_weights, build_model
 from numerics import (Numerics, apply_tf32, choose_numerics, describe_environment,
                       numerics_record, pick_device)
+from pictures import label_correction_picture, pick_queries, ranked_list_picture
 from recorder import TEST_KEYS, RunRecorder
-from run_data import (RunData, call_model, inject_noise, load_data, noise_meta,
+from run_data import (RunData, inject_noise, load_data, noise_meta, predicted_labels,
                       prepare_demo_data)
 from runs import (check_metrics_file, checkpoint_labels, copy_checkpoint,
                   discard_if_unfinished, init_peers_from, load_for_resume, resolve_run,
                   restore_peers, run_name, save_checkpoint)
 from utils import UserError
+
+# Queries in the ranked-list picture of each test (TensorBoard): the same ones every time.
+RANKED_LIST_QUERIES = 4
 
 
 def build_peers(args: argparse.Namespace, method: Baseline, num_classes: int,
@@ -128,8 +132,7 @@ def network_statistics(method: Baseline, epoch: int, peers: list[Peer], data: Ru
     its label diagnostics; then each peer's lambda moves on to the next epoch's."""
     networks = []
     for k, p in enumerate(peers):
-        refined = eval_outputs(p.net, data.train_plain, call_model, device, numerics.amp,
-                               numerics.channels_last).argmax(dim=1).cpu().numpy()
+        refined = predicted_labels(p.net, data, device, numerics)
         stats = {"loss": mean_loss[k], "train_acc": train_acc[k]}
         if method.uses_lambda(epoch):
             stats["lambda"] = p.lam
@@ -141,9 +144,11 @@ def network_statistics(method: Baseline, epoch: int, peers: list[Peer], data: Ru
 
 def train_and_test_epoch(args: argparse.Namespace, method: Baseline, epoch: int,
                          peers: list[Peer], data: RunData, labels: NoisyLabels,
-                         device: torch.device, numerics: Numerics) -> dict[str, Any]:
+                         device: torch.device,
+                         numerics: Numerics) -> tuple[dict[str, Any], Optional[np.ndarray]]:
     """One epoch: the lr for it, training, each network's statistics and, every
-    --eval_every epochs and at the last, network 1's test scores; returns its record."""
+    --eval_every epochs and at the last, network 1's test scores; returns its record and, at a
+    test, network 1's query x gallery distances."""
     lr = lr_at(args, epoch)
     for p in peers:
         for group in p.optimizer.param_groups:
@@ -157,13 +162,14 @@ def train_and_test_epoch(args: argparse.Namespace, method: Baseline, epoch: int,
         raise UserError(f"training diverged at epoch {epoch} (loss {mean_loss}); lower --lr")
     networks = network_statistics(method, epoch, peers, data, labels, mean_loss, train_acc,
                                   device, numerics)
-    scores = {}
+    scores, distmat = {}, None
     if epoch % args.eval_every == 0 or epoch == args.epochs - 1:
-        scores = get_test_acc(peers[0].net, data.query, data.gallery, device, numerics.amp,
-                              numerics.channels_last)
-    return {"epoch": epoch, "lr": lr, "stage": method.stage(epoch), **networks[0],
-            **{k: scores.get(k) for k in TEST_KEYS}, "epoch_time_s": epoch_time,
-            "images_per_s": seen / epoch_time, "networks": networks}
+        distmat = model_distances(peers[0].net, data.query, data.gallery, device, numerics.amp,
+                                  numerics.channels_last, args.rerank)
+        scores = score_distances(distmat, data.query, data.gallery)
+    return ({"epoch": epoch, "lr": lr, "stage": method.stage(epoch), **networks[0],
+             **{k: scores.get(k) for k in TEST_KEYS}, "epoch_time_s": epoch_time,
+             "images_per_s": seen / epoch_time, "networks": networks}, distmat)
 
 
 def train(args: argparse.Namespace, method_name: str) -> dict:
@@ -221,12 +227,21 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
                         "larger --epochs to extend it")
 
             for epoch in range(start_epoch, args.epochs):
-                record = train_and_test_epoch(args, method, epoch, peers, data, labels, device,
-                                              numerics)
+                record, distmat = train_and_test_epoch(args, method, epoch, peers, data, labels,
+                                                       device, numerics)
                 rec.add_epoch(record)
+                if distmat is not None:
+                    queries = pick_queries(distmat, data.query, data.gallery,
+                                           RANKED_LIST_QUERIES)
+                    rec.add_image("test/ranked_list", ranked_list_picture(
+                        distmat, data.query, data.gallery, queries), epoch)
                 save_checkpoint(run_dir / "last.pt", epoch, method.name, args,
                                 data.num_classes, peers, labels, rec.history)
                 if record["rank1"] is not None and rec.summary()[0]["epoch"] == epoch:
                     copy_checkpoint(run_dir / "last.pt", run_dir / "best.pt")
+            for k, p in enumerate(peers, start=1):
+                rec.add_image(f"labels/net{k}", label_correction_picture(
+                    data.train_paths, labels, predicted_labels(p.net, data, device, numerics)),
+                    args.epochs - 1)
             best, final = rec.report()
     return {**meta, "history": rec.history, "best": best, "final": final}

@@ -2,12 +2,14 @@
 
 The descriptor of an image is, as in the released code, the L2-normalised pool5 feature of the
 image plus the L2-normalised pool5 feature of its horizontal flip, L2-normalised again; the
-distance is the negative cosine similarity. Scoring is
-``eval_lib.evaluate`` (compiled), under the standard Market-1501 protocol by default.
+distance is the negative cosine similarity, or, when asked, the k-reciprocal re-ranked distance
+(``eval_lib.rerank``). Scoring is ``eval_lib.evaluate`` (compiled), under the standard
+Market-1501 protocol by default.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional, Union
 
 import numpy as np
@@ -18,6 +20,7 @@ from tqdm import tqdm
 import eval_lib
 from datasets.market1501 import JUNK_PID, released_code_camid
 from datasets.pipeline import CachedBatches, LoaderBatches
+from eval_lib.rerank import k_reciprocal_distances
 
 EVAL_PROTOCOLS = ("standard", "released")
 # In the "released" comparison protocol junk must count as a negative, so it gets a pid that
@@ -27,10 +30,12 @@ _JUNK_AS_NEGATIVE = -2
 
 @dataclass
 class EvalSet:
-    """One test split ready for extraction: its batches and each image's identity and camera."""
+    """One test split ready for extraction: its batches, each image's identity and camera (as
+    the protocol scores them) and its file (for pictures)."""
     batches: Union[CachedBatches, LoaderBatches]
     pids: np.ndarray
     camids: np.ndarray
+    paths: list[Path]
 
     def __len__(self) -> int:
         return len(self.pids)
@@ -90,21 +95,36 @@ def extract_features(model: torch.nn.Module, test_set: EvalSet, device: torch.de
                         desc)
 
 
-def score(query_feats: torch.Tensor, gallery_feats: torch.Tensor, query: EvalSet,
-          gallery: EvalSet) -> dict[str, float]:
-    """rank-1/5/10 and mAP (fractions in [0, 1]) for distance = negative cosine similarity."""
-    distmat = (-(query_feats @ gallery_feats.T)).float().cpu().numpy()
+def distances(query_feats: torch.Tensor, gallery_feats: torch.Tensor,
+              rerank: bool = False) -> np.ndarray:
+    """Query x gallery distances: negative cosine similarity of the descriptors, or with
+    ``rerank`` the k-reciprocal re-ranked distances (k1=20, k2=6, lambda=0.3)."""
+    if rerank:
+        return k_reciprocal_distances(query_feats, gallery_feats)
+    return (-(query_feats @ gallery_feats.T)).float().cpu().numpy()
+
+
+def score_distances(distmat: np.ndarray, query: EvalSet, gallery: EvalSet) -> dict[str, float]:
+    """rank-1/5/10 and mAP (fractions in [0, 1]) of a query x gallery distance matrix."""
     cmc, mean_ap = eval_lib.evaluate(distmat, query.pids, gallery.pids, query.camids,
                                      gallery.camids, max_rank=10)
     return {"rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]),
             "rank10": float(cmc[min(9, len(cmc) - 1)]), "mAP": float(mean_ap)}
 
 
-def get_test_acc(model: torch.nn.Module, query: EvalSet, gallery: EvalSet,
-                 device: torch.device, amp: bool = False,
-                 channels_last: bool = False) -> dict[str, float]:
-    """Extract query and gallery features with ``model`` and score them (the released entry
-    point's name)."""
+def model_distances(model: torch.nn.Module, query: EvalSet, gallery: EvalSet,
+                    device: torch.device, amp: bool = False, channels_last: bool = False,
+                    rerank: bool = False) -> np.ndarray:
+    """Extract query and gallery features with ``model``; their distance matrix."""
     qf = extract_features(model, query, device, amp, channels_last, desc="query features")
     gf = extract_features(model, gallery, device, amp, channels_last, desc="gallery features")
-    return score(qf, gf, query, gallery)
+    return distances(qf, gf, rerank)
+
+
+def get_test_acc(model: torch.nn.Module, query: EvalSet, gallery: EvalSet,
+                 device: torch.device, amp: bool = False, channels_last: bool = False,
+                 rerank: bool = False) -> dict[str, float]:
+    """Extract query and gallery features with ``model`` and score them (the released entry
+    point's name)."""
+    return score_distances(model_distances(model, query, gallery, device, amp, channels_last,
+                                           rerank), query, gallery)

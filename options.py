@@ -91,6 +91,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     a("--eval_protocol", default="standard", choices=EVAL_PROTOCOLS,
       help="'standard' Market-1501 protocol, or 'released': the released code's mis-read "
       "cameras and junk (optimistic; for comparison only)")
+    a("--rerank", action="store_true", help="test with k-reciprocal re-ranking (Zhong et al., "
+      "CVPR 2017; k1=20, k2=6, lambda=0.3); default: the plain distances, as released")
     a("--output_dir", default="./res", help="runs are written to OUTPUT_DIR/<run name>/")
     a("--run_name", default=None, help="run folder name (default: from dataset, method, noise, "
       "noise seed, lr and seed)")
@@ -197,12 +199,17 @@ def _check_paths(args: argparse.Namespace) -> None:
         if args.run_name is not None and args.run_name != Path(args.resume).parent.name:
             raise UserError(f"--run_name {args.run_name} contradicts --resume {args.resume} "
                             f"(that run's folder is {Path(args.resume).parent.name}); drop one")
-    if not args.demo and not (Path(args.data_dir) / get_dataset_info(args.dataset).folder
-                              ).is_dir():
-        folder = Path(args.data_dir) / get_dataset_info(args.dataset).folder
+    if not args.demo:
+        check_data_dir(args)
+    check_writable_folder("--output_dir", args.output_dir)
+
+
+def check_data_dir(args: argparse.Namespace) -> None:
+    """UserError unless ``--data_dir`` holds the prepared ``--dataset``."""
+    folder = Path(args.data_dir) / get_dataset_info(args.dataset).folder
+    if not folder.is_dir():
         raise UserError(f"--data_dir {args.data_dir}: no {folder} folder; prepare the dataset "
                         f"with: python prepare_market.py --src <download> --dst {folder}")
-    check_writable_folder("--output_dir", args.output_dir)
 
 
 def saved_args(saved: dict) -> argparse.Namespace:
