@@ -23,6 +23,7 @@ from eval_utils import EvalSet, distances, extract_features, score_distances
 from numerics import Numerics, choose_numerics, pick_device
 from options import check_data_dir, saved_args
 from pictures import label_correction_picture, pick_queries, ranked_list_picture, save_png
+from recorder import format_scores
 from run_data import RunData, load_data, load_eval_sets, predicted_labels
 from runs import network_from_checkpoint, read_checkpoint
 from utils import UserError, atomic_write_text
@@ -99,7 +100,7 @@ def default_output(run: SavedRun, primary: str, rerank: bool) -> Path:
 
 
 def write_label_pictures(run: SavedRun, data: RunData, indices: list[int], folder: Path,
-                         seed: int) -> list[Path]:
+                         per_section: int, seed: int) -> list[Path]:
     """labels_net<k>.png for each network, from the run's noisy_labels.npz."""
     noise_file = run.path.parent / "noisy_labels.npz"
     labels = load_noise(noise_file)
@@ -112,7 +113,7 @@ def write_label_pictures(run: SavedRun, data: RunData, indices: list[int], folde
         predicted = predicted_labels(run.network(i), data, run.device, run.numerics)
         written.append(folder / f"labels_net{i + 1}.png")
         save_png(written[-1], label_correction_picture(data.train_paths, labels, predicted,
-                                                       seed=seed))
+                                                       per_section, seed))
     return written
 
 
@@ -135,7 +136,7 @@ def test_checkpoint(cli: argparse.Namespace) -> dict[str, Any]:
     for name, (qf, gf) in descriptors(run, indices, query, gallery).items():
         distmat = distances(qf, gf, cli.rerank)
         results[name] = score_distances(distmat, query, gallery)
-        print(f"{name:5s} " + "  ".join(f"{k} {100 * v:.2f}" for k, v in results[name].items()))
+        print(f"{name:5s} {format_scores(results[name])}")
         if name == primary:
             primary_distmat = distmat
     payload = {"checkpoint": str(run.path), "method": run.state["method"],
@@ -150,6 +151,7 @@ def test_checkpoint(cli: argparse.Namespace) -> dict[str, Any]:
         queries = pick_queries(primary_distmat, query, gallery, cli.queries, cli.pick, cli.seed)
         ranked = folder / f"ranked_{primary}.png"
         save_png(ranked, ranked_list_picture(primary_distmat, query, gallery, queries, cli.top))
-        written = [ranked, *write_label_pictures(run, data, indices, folder, cli.seed)]
+        written = [ranked, *write_label_pictures(run, data, indices, folder,
+                                                 cli.label_examples, cli.seed)]
         print("pictures: " + ", ".join(map(str, written)))
     return payload

@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--top", type=int, default=10, help="gallery images per query in the ranked-list picture")
     a("--pick", default="random", choices=PICKS, help="which queries the ranked-list picture "
       "shows: drawn at random (with --seed) or the worst by average precision")
+    a("--label_examples", type=int, default=6, help="samples shown per section of the "
+      "label-correction pictures (corrected, still wrong, broken)")
     a("--seed", type=int, default=0, help="seed of the pictures' random choices")
     a("--device", default="auto", choices=["auto", "cuda", "cpu"], help="where to extract")
     a("--gpu", type=int, default=None, help="CUDA device index")
@@ -58,6 +60,7 @@ def check_cli(cli: argparse.Namespace) -> None:
     """One UserError line for a value out of range or a place that cannot be written."""
     check_number("--queries", cli.queries, cli.queries >= 1, ">= 1")
     check_number("--top", cli.top, cli.top >= 1, ">= 1")
+    check_number("--label_examples", cli.label_examples, cli.label_examples >= 1, ">= 1")
     check_number("--seed", cli.seed, cli.seed >= 0, "an integer >= 0")
     if cli.workers is not None:
         check_number("--workers", cli.workers, cli.workers >= 0, ">= 0")
