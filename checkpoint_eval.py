@@ -29,6 +29,7 @@ from runs import network_from_checkpoint, read_checkpoint
 from utils import UserError, atomic_write_text
 
 NETWORKS = ("1", "2", "both")
+NOISE_FILE = "noisy_labels.npz"  # what a run writes beside its checkpoints
 
 
 @dataclass
@@ -102,7 +103,7 @@ def default_output(run: SavedRun, primary: str, rerank: bool) -> Path:
 def write_label_pictures(run: SavedRun, data: RunData, indices: list[int], folder: Path,
                          per_section: int, seed: int) -> list[Path]:
     """labels_net<k>.png for each network, from the run's noisy_labels.npz."""
-    noise_file = run.path.parent / "noisy_labels.npz"
+    noise_file = run.path.parent / NOISE_FILE
     labels = load_noise(noise_file)
     if not np.array_equal(labels.clean_labels, data.true_labels):
         raise UserError(f"{noise_file}: its {len(labels.clean_labels)} labels are not those of "
@@ -126,6 +127,10 @@ def test_checkpoint(cli: argparse.Namespace) -> dict[str, Any]:
     indices = networks_asked(run, cli.network)
     primary = "both" if cli.network == "both" else f"net{cli.network}"
     out = Path(cli.out) if cli.out else default_output(run, primary, cli.rerank)
+    if cli.pictures and not (run.path.parent / NOISE_FILE).is_file():
+        raise UserError(f"--pictures needs the run's {NOISE_FILE} beside the checkpoint, and "
+                        f"{run.path.parent / NOISE_FILE} is missing; copy it there from the "
+                        "run folder")
     data = load_data(run.args, run.device, run.numerics) if cli.pictures else None
     query, gallery = ((data.query, data.gallery) if data is not None
                       else load_eval_sets(run.args, run.device, run.numerics))

@@ -74,7 +74,7 @@ def check_cli(cli: argparse.Namespace) -> None:
         if Path(cli.out).is_dir():
             raise UserError(f"--out {cli.out}: is a folder; give a file name, e.g. "
                             f"{Path(cli.out) / 'scores.json'}")
-        check_writable_folder("--out", Path(cli.out).parent)
+        check_writable_folder("--out", Path(cli.out).parent, cli.out)
     if cli.pictures is not None:
         check_writable_folder("--pictures", cli.pictures)
 
