@@ -8,6 +8,10 @@ that lie wholly behind the last match (most of a row, for a trained model) and c
 remaining valid non-matches ("candidates"); then count, per match, the candidates ahead of it
 (a vectorisable pass per match, or a binary search per candidate when there are many matches).
 Queries run in parallel with the GIL released when the build had OpenMP.
+
+Also the two loops of k-reciprocal re-ranking (``eval_lib.rerank``): each row's nearest
+neighbours and largest distance, block by block (``nearest_update``), and the Jaccard
+distances of the sparse encodings (``blend_jaccard``).
 """
 import numpy as np
 
