@@ -33,6 +33,7 @@ FRAME = 4
 GAP = 6
 LINE = 16  # height of a line of text
 PICKS = ("random", "worst")
+HEADER_WIDTH = 470  # room for the label picture's first line of text
 
 
 def pick_queries(distmat: np.ndarray, query: EvalSet, gallery: EvalSet, count: int,
@@ -56,11 +57,10 @@ def ranked_list_picture(distmat: np.ndarray, query: EvalSet, gallery: EvalSet,
                                             gallery.camids, queries, top)
     ap = eval_lib.average_precisions(distmat, query.pids, gallery.pids, query.camids,
                                      gallery.camids)
-    cell_w = THUMB[1] + 2 * FRAME + GAP
-    canvas = _Canvas(width=GAP + cell_w * (top + 1) + GAP,
-                     height=GAP + len(queries) * (LINE + THUMB[0] + 2 * FRAME + GAP))
+    cell_w, row_h = THUMB[1] + 2 * FRAME + GAP, LINE + THUMB[0] + 2 * FRAME + GAP
+    canvas = _Canvas(width=GAP + cell_w * (top + 1) + GAP, height=GAP + len(queries) * row_h)
     for row, q in enumerate(queries):
-        y = GAP + row * (LINE + THUMB[0] + 2 * FRAME + GAP)
+        y = GAP + row * row_h
         canvas.text((GAP, y), f"query {q}: id {query.pids[q]}, camera {query.camids[q]}, "
                     f"AP {ap[q]:.2f}; ranks 1-{top}")
         canvas.image((GAP, y + LINE), query.paths[q], BLUE)
@@ -106,7 +106,7 @@ def label_correction_picture(train_paths: Sequence[Path], labels: NoisyLabels,
     cell_w, triple_h = THUMB[1] + 2 * FRAME, THUMB[0] + 2 * FRAME + GAP
     triple_w = 3 * cell_w + 2 * FRAME + 3 * GAP
     lines = {name: -(-len(samples) // per_line) for name, samples in shown.items()}
-    canvas = _Canvas(width=max(GAP + per_line * triple_w, 470),
+    canvas = _Canvas(width=max(GAP + per_line * triple_w, HEADER_WIDTH),
                      height=GAP + LINE + sum(LINE + GAP + n * triple_h for n in lines.values()))
     canvas.text((GAP, GAP), "each: training image | its annotated identity | the identity the "
                 "network predicts")
