@@ -403,3 +403,21 @@ def nearest_update(const real_t[:, ::1] dots, const real_t[::1] sq, int64_t a0,
                     if d > row_max[c]:
                         row_max[c] = d
                     _offer(&best_d[c, 0], &best_i[c, 0], k, d, a0 + r)
+
+
+def pair_distances(const real_t[:, ::1] feats, const real_t[::1] sq, const int64_t[::1] rows,
+                   const int64_t[::1] cols, real_t[::1] out):
+    """``out[i] = max(sq[x] + sq[y] - 2 * feats[x] . feats[y], 0)`` for x = rows[i], y = cols[i]:
+    the distances of re-ranking's weights that its dense pass did not keep."""
+    cdef int64_t n = rows.shape[0], dim = feats.shape[1], i, j, x, y
+    cdef double dot, d
+    cdef int nthreads = eval_lib_max_threads() if n * dim >= _PARALLEL_MIN_WORK else 1
+    with nogil, parallel(num_threads=nthreads):
+        for i in prange(n, schedule="static"):
+            x = rows[i]
+            y = cols[i]
+            dot = 0
+            for j in range(dim):
+                dot = dot + feats[x, j] * feats[y, j]
+            d = sq[x] + sq[y] - 2 * dot
+            out[i] = <real_t>(d if d > 0 else 0)

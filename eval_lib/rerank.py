@@ -49,11 +49,13 @@ def k_reciprocal_distances(query: torch.Tensor, gallery: torch.Tensor, k1: int =
     feats = torch.cat([query, gallery]).to(torch.promote_types(query.dtype, torch.float32))
     nq, n = len(query), len(feats)
     kept = min(n, max(_KEPT_PER_K1 * (k1 + 1), k2))
-    nearest, near_dist, row_max, query_gallery = _dense_pass(feats, nq, kept)
+    sq = (feats * feats).sum(1).cpu().numpy()
+    nearest, near_dist, row_max, query_gallery = _dense_pass(feats, sq, nq, kept)
     indptr, members = _expanded_sets(nearest, k1)
     row_max = np.where(row_max > 0, row_max, 1)  # all images identical: every distance 0
     rows = np.repeat(np.arange(n), np.diff(indptr))
-    dist = _lookup_distances(rows, members, nearest, near_dist, feats) / row_max[rows]
+    dist = _lookup_distances(rows, members, nearest, near_dist, feats.cpu().numpy(),
+                             sq) / row_max[rows]
     weights = np.exp(-dist.astype(np.float64))
     weights /= np.bincount(rows, weights, minlength=n)[rows]
     encoding = sp.csr_matrix((weights, members, indptr), shape=(n, n))
@@ -71,13 +73,12 @@ def k_reciprocal_distances(query: torch.Tensor, gallery: torch.Tensor, k1: int =
     return out
 
 
-def _dense_pass(feats: torch.Tensor, nq: int,
+def _dense_pass(feats: torch.Tensor, sq: np.ndarray, nq: int,
                 kept: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One pass over the distances, each block of the symmetric matrix computed once (on the
     descriptors' device): every row's ``kept`` nearest (indices and distances, in distance
     then index order), its largest distance, and the query x gallery distances."""
-    n, dtype = len(feats), _numpy_dtype(feats)
-    sq = (feats * feats).sum(1).cpu().numpy()
+    n, dtype = len(feats), sq.dtype
     best_d = np.full((n, kept), np.inf, dtype=dtype)
     best_i = np.full((n, kept), n, dtype=np.int64)
     row_max = np.zeros(n, dtype=dtype)
@@ -131,9 +132,9 @@ def _expanded_sets(nearest: np.ndarray, k1: int,
 
 
 def _lookup_distances(rows: np.ndarray, cols: np.ndarray, nearest: np.ndarray,
-                      near_dist: np.ndarray, feats: torch.Tensor) -> np.ndarray:
+                      near_dist: np.ndarray, feats: np.ndarray, sq: np.ndarray) -> np.ndarray:
     """d(rows[i], cols[i]) before normalisation: from the dense pass's kept distances, or
-    computed directly for the few pairs that are not among them."""
+    computed directly for the pairs that are not among them."""
     n = len(nearest)
     kept_keys = np.arange(n)[:, None] * n + nearest
     order = np.argsort(kept_keys, axis=None)
@@ -144,14 +145,7 @@ def _lookup_distances(rows: np.ndarray, cols: np.ndarray, nearest: np.ndarray,
     dist = np.empty(len(keys), dtype=near_dist.dtype)
     dist[found] = near_dist.ravel()[order[at[found]]]
     missing = np.flatnonzero(~found)
-    for lo in range(0, len(missing), _BLOCK * 32):
-        pick = missing[lo:lo + _BLOCK * 32]
-        a = feats[torch.as_tensor(rows[pick], device=feats.device)]
-        b = feats[torch.as_tensor(cols[pick], device=feats.device)]
-        direct = ((a * a).sum(1) + (b * b).sum(1) - 2 * (a * b).sum(1)).clamp_min(0)
-        dist[pick] = direct.cpu().numpy()
+    direct = np.empty(len(missing), dtype=near_dist.dtype)
+    _eval_cy.pair_distances(feats, sq, rows[missing], cols[missing], direct)
+    dist[missing] = direct
     return dist
-
-
-def _numpy_dtype(t: torch.Tensor) -> np.dtype:
-    return np.dtype(np.float64 if t.dtype == torch.float64 else np.float32)
