@@ -3,6 +3,7 @@ scores both CORE peers, re-ranks, and draws pictures whose frames say what the p
 run's label diagnostics say; the run's TensorBoard events hold the same pictures."""
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -50,10 +51,18 @@ def rows_of(found):
 
 
 @pytest.fixture(scope="module")
-def core_run(prepared_market, tmp_path_factory):
+def data_dir(prepared_market, tmp_path_factory):
+    """A private copy of the prepared data: runs write their image cache beside it."""
+    root = tmp_path_factory.mktemp("data")
+    shutil.copytree(prepared_market, root / "market")
+    return root
+
+
+@pytest.fixture(scope="module")
+def core_run(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("res")
-    result = train_core.main(["--data_dir", str(prepared_market.parent), "--output_dir",
-                              str(out), *TINY, "--epochs", "3", "--stage1_epochs", "1"])
+    result = train_core.main(["--data_dir", str(data_dir), "--output_dir", str(out), *TINY,
+                              "--epochs", "3", "--stage1_epochs", "1"])
     return Path(result["run_dir"]), result
 
 
@@ -76,9 +85,9 @@ def test_test_script_reproduces_the_logged_numbers(core_run, name):
     assert written == payload and written["epoch"] == epoch
 
 
-def test_rerank_at_training_time_and_in_the_test_script_agree(prepared_market, tmp_path):
-    result = train_self.main(["--data_dir", str(prepared_market.parent), "--output_dir",
-                              str(tmp_path), *TINY, "--epochs", "2", "--rerank"])
+def test_rerank_at_training_time_and_in_the_test_script_agree(data_dir, tmp_path):
+    result = train_self.main(["--data_dir", str(data_dir), "--output_dir", str(tmp_path), *TINY,
+                              "--epochs", "2", "--rerank"])
     out = tmp_path / "scores.json"
     payload = test_script.main(["--checkpoint", str(Path(result["run_dir"]) / "last.pt"),
                                 "--rerank", "--out", str(out)])
