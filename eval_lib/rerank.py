@@ -27,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from . import _eval_cy
+from . import _eval_cy  # None when the extension is not built (see eval_lib)
 
 # Distances kept per row by the dense pass: almost every member of R*(p) is among them.
 _KEPT_PER_K1 = 4
@@ -46,6 +46,9 @@ def k_reciprocal_distances(query: torch.Tensor, gallery: torch.Tensor, k1: int =
                          f"dim, got {tuple(query.shape)} and {tuple(gallery.shape)}")
     if k1 < 1 or k2 < 1 or not 0 <= lam <= 1:
         raise ValueError(f"need k1 >= 1, k2 >= 1 and lambda in [0, 1], got {k1}, {k2}, {lam}")
+    if _eval_cy is None:
+        raise RuntimeError("re-ranking needs the compiled extension eval_lib._eval_cy, which is "
+                           "not built; run `pip install -e .` in the repo root")
     feats = torch.cat([query, gallery]).to(torch.promote_types(query.dtype, torch.float32))
     nq, n = len(query), len(feats)
     kept = min(n, max(_KEPT_PER_K1 * (k1 + 1), k2))

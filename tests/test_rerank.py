@@ -102,9 +102,13 @@ def test_rerank_helps_on_structured_data():
     assert map_rerank > map_plain
 
 
-def test_bad_parameters_are_refused():
+def test_bad_parameters_are_refused(monkeypatch):
+    import eval_lib.rerank as rerank
     q, g = torch.zeros(2, 4), torch.zeros(3, 5)
     with pytest.raises(ValueError, match="same dim"):
         k_reciprocal_distances(q, g)
     with pytest.raises(ValueError, match="k1 >= 1"):
         k_reciprocal_distances(q, torch.zeros(3, 4), k1=0)
+    monkeypatch.setattr(rerank, "_eval_cy", None)  # as when the extension could not be built
+    with pytest.raises(RuntimeError, match="run `pip install -e .`"):
+        k_reciprocal_distances(q, torch.zeros(3, 4))
