@@ -21,18 +21,22 @@ from tqdm import tqdm
 
 from datasets.noise import NoisyLabels, save_noise
 from datasets.pipeline import epoch_seed
-from eval_utils import eval_outputs, get_test_acc
+from eval_utils import score, test_features
 from methods import Baseline, Peer, make_method
 from model import backbone_weights, build_model
 from numerics import (Numerics, apply_tf32, choose_numerics, describe_environment,
                       numerics_record, pick_device)
+from pictures import label_correction_picture, sampled_ranked_list
 from recorder import TEST_KEYS, RunRecorder
-from run_data import (RunData, call_model, inject_noise, load_data, noise_meta,
+from run_data import (RunData, inject_noise, load_data, noise_meta, predicted_labels,
                       prepare_demo_data)
 from runs import (EpochProgress, StopSignals, check_metrics_file, checkpoint_labels,
                   copy_checkpoint, discard_if_unfinished, init_peers_from, load_for_resume,
                   resolve_run, restore_peers, restore_rng_states, run_name, save_checkpoint)
 from utils import RunInterrupted, UserError
+
+# Queries in the ranked-list picture of each test (TensorBoard): the same ones every time.
+RANKED_LIST_QUERIES = 4
 
 
 def build_peers(args: argparse.Namespace, method: Baseline, num_classes: int,
@@ -144,8 +148,7 @@ def network_statistics(method: Baseline, epoch: int, peers: list[Peer], data: Ru
     its label diagnostics; then each peer's lambda moves on to the next epoch's."""
     networks = []
     for k, p in enumerate(peers):
-        refined = eval_outputs(p.net, data.train_plain, call_model, device, numerics.amp,
-                               numerics.channels_last).argmax(dim=1).cpu().numpy()
+        refined = predicted_labels(p.net, data, device, numerics)
         stats = {"loss": mean_loss[k], "train_acc": train_acc[k]}
         if method.uses_lambda(epoch):
             stats["lambda"] = p.lam
@@ -157,22 +160,25 @@ def network_statistics(method: Baseline, epoch: int, peers: list[Peer], data: Ru
 
 def epoch_record(args: argparse.Namespace, method: Baseline, epoch: int, peers: list[Peer],
                  data: RunData, labels: NoisyLabels, progress: EpochProgress,
-                 device: torch.device, numerics: Numerics) -> dict[str, Any]:
+                 device: torch.device, numerics: Numerics
+                 ) -> tuple[dict[str, Any], Optional[tuple[torch.Tensor, torch.Tensor]]]:
     """A trained epoch's record: each network's statistics and, every --eval_every epochs and
-    at the last, network 1's test scores."""
+    at the last, network 1's test scores; with them, at a test, its query and gallery
+    descriptors (for the ranked-list picture)."""
     if not all(math.isfinite(x) for x in progress.mean_loss):
         raise UserError(f"training diverged at epoch {epoch} (loss {progress.mean_loss}); "
                         "lower --lr")
     networks = network_statistics(method, epoch, peers, data, labels, progress.mean_loss,
                                   progress.train_acc, device, numerics)
-    scores = {}
+    scores, features = {}, None
     if epoch % args.eval_every == 0 or epoch == args.epochs - 1:
-        scores = get_test_acc(peers[0].net, data.query, data.gallery, device, numerics.amp,
-                              numerics.channels_last)
-    return {"epoch": epoch, "lr": lr_at(args, epoch), "stage": method.stage(epoch),
-            **networks[0], **{k: scores.get(k) for k in TEST_KEYS},
-            "epoch_time_s": progress.seconds, "images_per_s": progress.seen / progress.seconds,
-            "networks": networks}
+        features = test_features(peers[0].net, data.query, data.gallery, device, numerics.amp,
+                                 numerics.channels_last)
+        scores = score(*features, data.query, data.gallery, args.rerank)
+    return ({"epoch": epoch, "lr": lr_at(args, epoch), "stage": method.stage(epoch),
+             **networks[0], **{k: scores.get(k) for k in TEST_KEYS},
+             "epoch_time_s": progress.seconds,
+             "images_per_s": progress.seen / progress.seconds, "networks": networks}, features)
 
 
 def train(args: argparse.Namespace, method_name: str) -> dict:
@@ -246,12 +252,19 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
                             f"{run_dir / 'last.pt'} saved; continue with --resume")
                     raise RunInterrupted(f"stopped by {stop.name}; resumable: rerun the same "
                                          "command with --resume")
-                record = epoch_record(args, method, epoch, peers, data, labels, progress,
-                                      device, numerics)
+                record, features = epoch_record(args, method, epoch, peers, data, labels,
+                                                progress, device, numerics)
                 rec.add_epoch(record)
+                if features is not None:
+                    rec.add_image("test/ranked_list", sampled_ranked_list(
+                        *features, data.query, data.gallery, RANKED_LIST_QUERIES), epoch)
                 save_checkpoint(run_dir / "last.pt", epoch, method.name, args,
                                 data.num_classes, peers, labels, rec.history)
                 if record["rank1"] is not None and rec.summary()[0]["epoch"] == epoch:
                     copy_checkpoint(run_dir / "last.pt", run_dir / "best.pt")
+            for k, p in enumerate(peers, start=1):
+                rec.add_image(f"labels/net{k}", label_correction_picture(
+                    data.train_paths, labels, predicted_labels(p.net, data, device, numerics)),
+                    args.epochs - 1)
             best, final = rec.report()
     return {**meta, "history": rec.history, "best": best, "final": final}

@@ -2,13 +2,15 @@
 
 The descriptor of an image is, as in the released code, the L2-normalised pool5 feature of the
 image plus the L2-normalised pool5 feature of its horizontal flip, L2-normalised again; the
-distance is the negative cosine similarity. Scoring is
-``eval_lib.evaluate_blocks`` (compiled), under the standard Market-1501 protocol by default,
-on blocks of queries so that memory stays bounded at MSMT17's size.
+distance is the negative cosine similarity, or, when asked, the k-reciprocal re-ranked distance
+(``eval_lib.rerank``). Scoring is ``eval_lib.evaluate_blocks`` (compiled), under the standard
+Market-1501 protocol by default, on blocks of queries so that memory stays bounded at MSMT17's
+size (re-ranking needs every pair, so it scores the whole matrix).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
@@ -19,6 +21,7 @@ from tqdm import tqdm
 import eval_lib
 from datasets.market1501 import JUNK_PID, released_code_camid
 from datasets.pipeline import CachedBatches, LoaderBatches
+from eval_lib.rerank import k_reciprocal_distances
 
 EVAL_PROTOCOLS = ("standard", "released")
 # In the "released" comparison protocol junk must count as a negative, so it gets a pid that
@@ -32,10 +35,12 @@ SCORE_BLOCK_BYTES = 256 << 20
 
 @dataclass
 class EvalSet:
-    """One test split ready for extraction: its batches and each image's identity and camera."""
+    """One test split ready for extraction: its batches, each image's identity and camera (as
+    the protocol scores them) and its file (for pictures)."""
     batches: Union[CachedBatches, LoaderBatches]
     pids: np.ndarray
     camids: np.ndarray
+    paths: list[Path]
 
     def __len__(self) -> int:
         return len(self.pids)
@@ -112,22 +117,53 @@ def query_blocks(query_feats: torch.Tensor, gallery_feats: torch.Tensor,
         del block  # before the next one is made: never two blocks at once
 
 
+def distances(query_feats: torch.Tensor, gallery_feats: torch.Tensor,
+              rerank: bool = False) -> np.ndarray:
+    """The whole query x gallery distance matrix (for pictures and re-ranking): negative
+    cosine similarity of the descriptors, or with ``rerank`` the k-reciprocal re-ranked
+    distances (k1=20, k2=6, lambda=0.3)."""
+    if rerank:
+        return k_reciprocal_distances(query_feats, gallery_feats)
+    return (-(query_feats @ gallery_feats.T)).float().cpu().numpy()
+
+
+def score_distances(distmat: np.ndarray, query: EvalSet, gallery: EvalSet) -> dict[str, float]:
+    """rank-1/5/10 and mAP (fractions in [0, 1]) of a whole query x gallery distance matrix."""
+    return _scores(*eval_lib.evaluate(distmat, query.pids, gallery.pids, query.camids,
+                                      gallery.camids, max_rank=10))
+
+
 def score(query_feats: torch.Tensor, gallery_feats: torch.Tensor, query: EvalSet,
-          gallery: EvalSet) -> dict[str, float]:
-    """rank-1/5/10 and mAP (fractions in [0, 1]) for distance = negative cosine similarity,
-    scored block by block of queries (the whole distance matrix is never in memory at once)."""
-    cmc, mean_ap = eval_lib.evaluate_blocks(query_blocks(query_feats, gallery_feats), query.pids,
-                                            gallery.pids, query.camids, gallery.camids,
-                                            max_rank=10)
+          gallery: EvalSet, rerank: bool = False) -> dict[str, float]:
+    """rank-1/5/10 and mAP (fractions in [0, 1]) of the descriptors: negative cosine distances
+    scored block by block of queries (the whole matrix is never in memory at once), or the
+    re-ranked distances (``rerank``), which need the whole matrix."""
+    if rerank:
+        return score_distances(distances(query_feats, gallery_feats, rerank=True), query,
+                               gallery)
+    return _scores(*eval_lib.evaluate_blocks(query_blocks(query_feats, gallery_feats),
+                                             query.pids, gallery.pids, query.camids,
+                                             gallery.camids, max_rank=10))
+
+
+def _scores(cmc: np.ndarray, mean_ap: float) -> dict[str, float]:
     return {"rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]),
             "rank10": float(cmc[min(9, len(cmc) - 1)]), "mAP": float(mean_ap)}
 
 
+def test_features(model: torch.nn.Module, query: EvalSet, gallery: EvalSet,
+                  device: torch.device, amp: bool = False,
+                  channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The descriptors of every query and gallery image (on the device)."""
+    return (extract_features(model, query, device, amp, channels_last, desc="query features"),
+            extract_features(model, gallery, device, amp, channels_last,
+                             desc="gallery features"))
+
+
 def get_test_acc(model: torch.nn.Module, query: EvalSet, gallery: EvalSet,
-                 device: torch.device, amp: bool = False,
-                 channels_last: bool = False) -> dict[str, float]:
+                 device: torch.device, amp: bool = False, channels_last: bool = False,
+                 rerank: bool = False) -> dict[str, float]:
     """Extract query and gallery features with ``model`` and score them (the released entry
     point's name)."""
-    qf = extract_features(model, query, device, amp, channels_last, desc="query features")
-    gf = extract_features(model, gallery, device, amp, channels_last, desc="gallery features")
-    return score(qf, gf, query, gallery)
+    return score(*test_features(model, query, gallery, device, amp, channels_last), query,
+                 gallery, rerank)

@@ -92,6 +92,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     a("--eval_protocol", default="standard", choices=EVAL_PROTOCOLS,
       help="'standard' Market-1501 protocol, or 'released': the released code's mis-read "
       "cameras and junk (optimistic; for comparison only)")
+    a("--rerank", action="store_true", help="test with k-reciprocal re-ranking (Zhong et al., "
+      "CVPR 2017; k1=20, k2=6, lambda=0.3); default: the plain distances, as released")
     a("--output_dir", default="./res", help="runs are written to OUTPUT_DIR/<run name>/")
     a("--run_name", default=None, help="run folder name (default: from dataset, method, noise, "
       "noise seed, lr and seed)")
@@ -199,11 +201,8 @@ def _check_paths(args: argparse.Namespace) -> None:
         if args.run_name is not None and args.run_name != Path(args.resume).parent.name:
             raise UserError(f"--run_name {args.run_name} contradicts --resume {args.resume} "
                             f"(that run's folder is {Path(args.resume).parent.name}); drop one")
-    folder = Path(args.data_dir) / get_dataset_info(args.dataset).folder
-    if not args.demo and not folder.is_dir():
-        raise UserError(f"--data_dir {args.data_dir}: no {folder} folder; prepare the dataset "
-                        f"with: python prepare_market.py --dataset {args.dataset} --src "
-                        f"<download> --dst {folder}")
+    if not args.demo:
+        check_data_dir(args)
     if args.demo and args.dataset != "market":
         raise UserError(f"--demo trains on synthetic Market-1501 data; drop --dataset "
                         f"{args.dataset}, or drop --demo and point --data_dir at a prepared "
@@ -213,6 +212,15 @@ def _check_paths(args: argparse.Namespace) -> None:
                         f"of Market-1501 file names; it has no meaning for --dataset "
                         f"{args.dataset}: drop it")
     check_writable_folder("--output_dir", args.output_dir)
+
+
+def check_data_dir(args: argparse.Namespace) -> None:
+    """UserError unless ``--data_dir`` holds the prepared ``--dataset``."""
+    folder = Path(args.data_dir) / get_dataset_info(args.dataset).folder
+    if not folder.is_dir():
+        raise UserError(f"--data_dir {args.data_dir}: no {folder} folder; prepare the dataset "
+                        f"with: python prepare_market.py --dataset {args.dataset} --src "
+                        f"<download> --dst {folder}")
 
 
 def saved_args(saved: dict) -> argparse.Namespace:

@@ -56,6 +56,11 @@ class RunRecorder:
         if record.get("rank1") is not None:
             self.log(f"  test epoch {epoch}: {format_scores(record)}")
 
+    def add_image(self, tag: str, picture: Any, step: int) -> None:
+        """An RGB picture (height x width x 3, uint8) in TensorBoard's images."""
+        self.tb.add_image(tag, picture, step, dataformats="HWC")
+        self.tb.flush()
+
     def summary(self) -> tuple[Optional[dict], Optional[dict]]:
         """(best-by-rank-1, final) test results, each with its epoch."""
         tested = [h for h in self.history if h.get("rank1") is not None]

@@ -42,6 +42,7 @@ class RunData:
     train_test_view: Callable[[], Batches]
     true_labels: np.ndarray
     num_classes: int
+    train_paths: list[Path]  # the training images in sample order (for pictures)
     query: EvalSet
     gallery: EvalSet
     data_path: str  # "cache" or "loader"
@@ -63,43 +64,74 @@ def prepare_demo_data(data_dir: Path, workers: int) -> None:
     ready.touch()
 
 
+def _test_splits(args: argparse.Namespace) -> tuple[ReIDFolder, ReIDFolder]:
+    """Query and gallery; under the standard protocol junk never counts, so it is dropped before
+    extraction."""
+    query = load_split(Path(args.data_dir), args.dataset, "query")
+    gallery = load_split(Path(args.data_dir), args.dataset, "gallery")
+    if args.eval_protocol == "standard":
+        gallery = gallery.subset(np.flatnonzero(gallery.pids != JUNK_PID))
+    return query, gallery
+
+
+def _use_cache(numerics: Numerics, device: torch.device, train_images: int,
+               train_hw: tuple[int, int], test_images: int, test_hw: tuple[int, int]) -> bool:
+    """The image cache, unless ``numerics.data_path`` says otherwise or it does not fit."""
+    test_bytes = test_images * test_hw[0] * test_hw[1] * 3
+    use_cache = numerics.data_path == "cache" or (
+        numerics.data_path == "auto" and cache_fits(train_images, train_hw, device, test_bytes))
+    if numerics.data_path == "auto" and not use_cache:
+        print("note: the image cache does not fit in memory; using the PIL/DataLoader path")
+    return use_cache
+
+
+class _Views:
+    """Batch pipelines of splits under one run's settings: from the image cache on the device,
+    or from PIL + DataLoader."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, use_cache: bool):
+        self.args, self.device, self.use_cache = args, device, use_cache
+        self.crop = tuple(args.img_size)
+
+    def cached(self, dataset: ReIDFolder, size: tuple[int, int]) -> torch.Tensor:
+        images = decoded_split(dataset, size, default_cache_dir(dataset), self.args.workers)
+        return torch.from_numpy(images).to(self.device)
+
+    def test_view(self, dataset: ReIDFolder) -> Batches:
+        if self.use_cache:
+            return CachedBatches(self.cached(dataset, self.crop), 4 * self.args.batchsize)
+        return LoaderBatches(dataset, eval_transform(self.crop), 4 * self.args.batchsize, False,
+                             self.args.workers, self.device)
+
+    def test_set(self, dataset: ReIDFolder) -> EvalSet:
+        pids, camids = scoring_identities(dataset.pids, dataset.camids, dataset.classes,
+                                          dataset.targets, [p.name for p in dataset.paths],
+                                          self.args.eval_protocol)
+        return EvalSet(self.test_view(dataset), pids, camids, list(dataset.paths))
+
+
+def load_eval_sets(args: argparse.Namespace, device: torch.device,
+                   numerics: Numerics) -> tuple[EvalSet, EvalSet]:
+    """Query and gallery alone (what testing a saved network needs)."""
+    query, gallery = _test_splits(args)
+    crop = tuple(args.img_size)
+    views = _Views(args, device, _use_cache(numerics, device, 0, crop,
+                                            len(query) + len(gallery), crop))
+    return views.test_set(query), views.test_set(gallery)
+
+
 def load_data(args: argparse.Namespace, device: torch.device, numerics: Numerics) -> RunData:
     """Read the splits and build their batch pipelines (cached on the device where it fits,
     unless ``numerics.data_path`` says otherwise)."""
-    data_dir = Path(args.data_dir)
-    train = load_split(data_dir, args.dataset, args.train_split)
-    query = load_split(data_dir, args.dataset, "query")
-    gallery = load_split(data_dir, args.dataset, "gallery")
-    if args.eval_protocol == "standard":  # junk never counts: drop it before extraction
-        gallery = gallery.subset(np.flatnonzero(gallery.pids != JUNK_PID))
-
+    train = load_split(Path(args.data_dir), args.dataset, args.train_split)
+    query, gallery = _test_splits(args)
     crop = tuple(args.img_size)
     augment = args.train_transform == "augment"
     train_hw = resize_hw(crop) if augment else crop
-    test_bytes = (len(query) + len(gallery)) * crop[0] * crop[1] * 3
-    use_cache = numerics.data_path == "cache" or (
-        numerics.data_path == "auto" and cache_fits(len(train), train_hw, device, test_bytes))
-    if numerics.data_path == "auto" and not use_cache:
-        print("note: the image cache does not fit in memory; using the PIL/DataLoader path")
-
-    def cached(dataset: ReIDFolder, size: tuple[int, int]) -> torch.Tensor:
-        images = decoded_split(dataset, size, default_cache_dir(dataset), args.workers)
-        return torch.from_numpy(images).to(device)
-
-    def test_view(dataset: ReIDFolder) -> Batches:
-        if use_cache:
-            return CachedBatches(cached(dataset, crop), 4 * args.batchsize)
-        return LoaderBatches(dataset, eval_transform(crop), 4 * args.batchsize, False,
-                             args.workers, device)
-
-    def test_set(dataset: ReIDFolder) -> EvalSet:
-        pids, camids = scoring_identities(dataset.pids, dataset.camids, dataset.classes,
-                                          dataset.targets, [p.name for p in dataset.paths],
-                                          args.eval_protocol)
-        return EvalSet(test_view(dataset), pids, camids)
-
-    if use_cache:  # one copy of the training images serves both views
-        images = cached(train, train_hw)
+    views = _Views(args, device, _use_cache(numerics, device, len(train), train_hw,
+                                            len(query) + len(gallery), crop))
+    if views.use_cache:  # one copy of the training images serves both views
+        images = views.cached(train, train_hw)
         train_batches = CachedBatches(images, args.batchsize, crop, augment, shuffle=True)
         train_plain = CachedBatches(images, 4 * args.batchsize, crop)
     else:
@@ -109,11 +141,11 @@ def load_data(args: argparse.Namespace, device: torch.device, numerics: Numerics
             crop), 4 * args.batchsize, False, args.workers, device)
 
     def train_test_view() -> Batches:  # built on demand: only patterned noise needs it
-        return test_view(train) if augment else train_plain
+        return views.test_view(train) if augment else train_plain
 
     return RunData(train_batches, train_plain, train_test_view, train.targets.astype(np.int64),
-                   train.num_classes, test_set(query), test_set(gallery),
-                   "cache" if use_cache else "loader")
+                   train.num_classes, list(train.paths), views.test_set(query),
+                   views.test_set(gallery), "cache" if views.use_cache else "loader")
 
 
 def call_model(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -135,6 +167,14 @@ def second_labels(model: torch.nn.Module, data: RunData, view: str,
     logits = eval_outputs(model.to(device), data.train_test_view(), forward, device,
                           desc="clean model's predictions")
     return second_labels_from_logits(logits.cpu().numpy(), data.true_labels)
+
+
+def predicted_labels(net: torch.nn.Module, data: RunData, device: torch.device,
+                     numerics: Numerics) -> np.ndarray:
+    """The network's class for every training image (eval mode, no augmentation): its refined
+    labels."""
+    return eval_outputs(net, data.train_plain, call_model, device, numerics.amp,
+                        numerics.channels_last).argmax(dim=1).cpu().numpy()
 
 
 def noise_meta(args: argparse.Namespace) -> dict:

@@ -39,20 +39,23 @@ def check_number(flag: str, value: float, ok: bool, accepted: str) -> None:
         raise UserError(f"{flag} {value}: must be {accepted}")
 
 
-def check_writable_folder(flag: str, folder: str | os.PathLike) -> None:
+def check_writable_folder(flag: str, folder: str | os.PathLike,
+                          given: str | os.PathLike | None = None) -> None:
     """UserError unless ``folder`` exists as a writable folder or could be created: the nearest
-    existing ancestor must be a folder we can create a file in (tried, then removed)."""
+    existing ancestor must be a folder we can create a file in (tried, then removed). The
+    message names ``given`` (the flag's value) when the folder is only derived from it."""
     folder = Path(folder)
+    given = folder if given is None else given
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise UserError(f"{flag} {folder}: {existing} is a file, not a folder; choose a folder")
+        raise UserError(f"{flag} {given}: {existing} is a file, not a folder; choose a folder")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as err:
-        raise UserError(f"{flag} {folder}: cannot write in {existing} ({err.strerror}); choose "
+        raise UserError(f"{flag} {given}: cannot write in {existing} ({err.strerror}); choose "
                         "a writable folder") from None
 
 

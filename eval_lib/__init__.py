@@ -30,7 +30,8 @@ except ImportError:
 
 CYTHON_AVAILABLE: bool = _eval_cy is not None
 
-__all__ = ["CYTHON_AVAILABLE", "evaluate", "evaluate_blocks", "eval_market1501_wrap"]
+__all__ = ["CYTHON_AVAILABLE", "evaluate", "evaluate_blocks", "eval_market1501_wrap",
+           "average_precisions", "ranked_lists"]
 
 PROTOCOLS = ("market1501", "cuhk03")
 BACKENDS = ("auto", "compiled", "numpy")
@@ -76,10 +77,9 @@ def evaluate(
     must be integers (integer-valued floats are accepted). ``backend``: "auto" (compiled if
     built), "compiled" or "numpy" (the slow reference); all give identical results.
     """
-    dist = _as_distmat(distmat)
-    nq, ng = dist.shape
-    q_pids_a, g_pids_a, q_cams_a, g_cams_a = _as_all_ids(q_pids, g_pids, q_camids, g_camids,
-                                                         nq, ng)
+    dist, q_pids_a, g_pids_a, q_cams_a, g_cams_a = _checked(distmat, q_pids, g_pids, q_camids,
+                                                            g_camids)
+    ng = dist.shape[1]
     max_rank = min(_positive_int(max_rank, "max_rank"), ng)
     num_repeats = _positive_int(num_repeats, "num_repeats")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -152,6 +152,47 @@ def eval_market1501_wrap(
 ) -> tuple[np.ndarray, float]:
     """Name used by the released code; ``evaluate`` with the standard Market-1501 protocol."""
     return evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, protocol="market1501")
+
+
+def average_precisions(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any,
+                       backend: str = "auto") -> np.ndarray:
+    """Each query's AP under the market1501 protocol (``evaluate``'s), NaN for a query without a
+    valid match: which queries a model ranks worst."""
+    dist, q_pids_a, g_pids_a, q_cams_a, g_cams_a = _checked(distmat, q_pids, g_pids, q_camids,
+                                                            g_camids)
+    groups = _GalleryGroups(g_pids_a, q_pids_a)
+    first_rank, ap = _market_stats(_pick_backend(backend), dist, q_pids_a, q_cams_a, g_pids_a,
+                                   g_cams_a, groups)
+    return np.where(first_rank >= 0, ap, np.nan)
+
+
+def ranked_lists(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any,
+                 queries: Any, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``top`` gallery items of each of the ``queries`` (row indices) as the protocol
+    ranks them: junk and same-identity same-camera items left out, ties by lower index.
+
+    Returns ``(gallery indices, is_match)``, each (len(queries), top); a gallery too small
+    for ``top`` pads with index -1 (never a match).
+    """
+    dist, q_pids_a, g_pids_a, q_cams_a, g_cams_a = _checked(distmat, q_pids, g_pids, q_camids,
+                                                            g_camids)
+    queries = np.asarray(queries, dtype=np.int64)
+    index = np.full((len(queries), top), -1, dtype=np.int64)
+    for row, q in enumerate(queries):
+        order = np.argsort(dist[q], kind="stable")
+        same = g_pids_a[order] == q_pids_a[q]
+        valid = (g_pids_a[order] != JUNK_PID) & ~(same & (g_cams_a[order] == q_cams_a[q]))
+        kept = order[valid][:top]
+        index[row, :len(kept)] = kept
+    is_match = (index >= 0) & (g_pids_a[index] == q_pids_a[queries, None])
+    return index, is_match
+
+
+def _checked(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any,
+             g_camids: Any) -> tuple[np.ndarray, ...]:
+    """The inputs as the kernels take them; ValueError naming the first bad one."""
+    dist = _as_distmat(distmat)
+    return (dist, *_as_all_ids(q_pids, g_pids, q_camids, g_camids, *dist.shape))
 
 
 def _pick_backend(backend: str):

@@ -8,6 +8,10 @@ that lie wholly behind the last match (most of a row, for a trained model) and c
 remaining valid non-matches ("candidates"); then count, per match, the candidates ahead of it
 (a vectorisable pass per match, or a binary search per candidate when there are many matches).
 Queries run in parallel with the GIL released when the build had OpenMP.
+
+Also the two loops of k-reciprocal re-ranking (``eval_lib.rerank``): each row's nearest
+neighbours and largest distance, block by block (``nearest_update``), and the Jaccard
+distances of the sparse encodings (``blend_jaccard``).
 """
 import numpy as np
 
@@ -38,11 +42,17 @@ cdef enum:
     _PARALLEL_MIN_WORK = 1 << 18
     # Gallery items per block of the scan; a block wholly behind the last match is skipped.
     _BLOCK = 16
+    # Columns per chunk when the re-ranking pass updates the rows below a block.
+    _SCAN_COLUMNS = 64
 
 ctypedef fused dist_t:
     float
     double
     int64_t
+
+ctypedef fused real_t:
+    float
+    double
 
 
 cdef inline bint _isnan(dist_t x) noexcept nogil:
@@ -295,3 +305,119 @@ def cuhk03_ranks(const dist_t[:, ::1] distmat, int64_t q_offset, const int64_t[:
                     if _ahead(row[idx], idx, dm, gm):
                         count = count + 1
                 ranks[b, r] = count
+
+
+def blend_jaccard(const int64_t[::1] q_ptr, const int64_t[::1] q_idx, const double[::1] q_val,
+                  const int64_t[::1] c_ptr, const int64_t[::1] c_row, const double[::1] c_val,
+                  const double[::1] q_sum, const double[::1] g_sum, double lam,
+                  real_t[:, ::1] out):
+    """The last step of k-reciprocal re-ranking (eval_lib.rerank), in place:
+    ``out[i, g] = (1 - lam) * (1 - s / (q_sum[i] + g_sum[g] - s)) + lam * out[i, g]`` with
+    ``s = sum_j min(V_i[j], V_g[j])``, i.e. the Jaccard distance of the two sparse encodings.
+
+    Query rows V_i come as CSR (q_ptr, q_idx, q_val), gallery rows by column as CSC (c_ptr,
+    c_row, c_val); only pairs sharing a column are visited. q_sum, g_sum: the rows' sums.
+    """
+    cdef int64_t nq = out.shape[0], ng = out.shape[1], i, a, b, j, g
+    cdef double v, w, s
+    cdef int nthreads = eval_lib_max_threads() if nq * ng >= _PARALLEL_MIN_WORK else 1
+    cdef int tid = 0
+    cdef double[:, ::1] acc = np.zeros((nthreads, max(ng, 1)), dtype=np.float64)
+    if nq == 0 or ng == 0:
+        return
+    with nogil, parallel(num_threads=nthreads):
+        tid = threadid()
+        for i in prange(nq, schedule="dynamic", chunksize=16):
+            for a in range(q_ptr[i], q_ptr[i + 1]):
+                j = q_idx[a]
+                v = q_val[a]
+                for b in range(c_ptr[j], c_ptr[j + 1]):
+                    w = c_val[b]
+                    acc[tid, c_row[b]] += v if v < w else w
+            for g in range(ng):
+                s = acc[tid, g]
+                acc[tid, g] = 0
+                out[i, g] = <real_t>((1 - lam) * (1 - s / (q_sum[i] + g_sum[g] - s))
+                                     + lam * out[i, g])
+
+
+cdef inline bint _after(real_t da, int64_t ia, real_t db, int64_t ib) noexcept nogil:
+    """True if item a ranks after item b: larger distance, ties broken by larger index."""
+    return (da > db) | ((da == db) & (ia > ib))
+
+
+cdef inline void _offer(real_t* hd, int64_t* hi, int64_t k, real_t d, int64_t idx) noexcept nogil:
+    """Keep the k first items in (distance, index) order in the max-heap (hd, hi)."""
+    cdef int64_t pos = 0, child
+    if not _after(hd[0], hi[0], d, idx):
+        return
+    while True:
+        child = 2 * pos + 1
+        if child >= k:
+            break
+        if child + 1 < k and _after(hd[child + 1], hi[child + 1], hd[child], hi[child]):
+            child += 1
+        if not _after(hd[child], hi[child], d, idx):
+            break
+        hd[pos] = hd[child]
+        hi[pos] = hi[child]
+        pos = child
+    hd[pos] = d
+    hi[pos] = idx
+
+
+def nearest_update(const real_t[:, ::1] dots, const real_t[::1] sq, int64_t a0,
+                   real_t[:, ::1] best_d, int64_t[:, ::1] best_i, real_t[::1] row_max):
+    """One block of the dense pass of k-reciprocal re-ranking (eval_lib.rerank).
+
+    ``dots`` holds the dot products of images a0..a0+B-1 with images a0..n-1. The distances
+    ``max(sq[x] + sq[y] - 2 * dot, 0)`` update the rows a0..a0+B-1 (every column) and, by
+    symmetry, the rows a0+B..n-1 (columns a0..a0+B-1): each row keeps its largest distance and
+    its k first neighbours in (distance, index) order, as a max-heap in (best_d, best_i), which
+    start filled with (inf, n) sentinels.
+    """
+    cdef int64_t nb = dots.shape[0], width = dots.shape[1], k = best_d.shape[1]
+    cdef int64_t r, j, c, lo, hi, chunk, row
+    cdef real_t d, top
+    cdef int nthreads = eval_lib_max_threads() if nb * width >= _PARALLEL_MIN_WORK else 1
+    cdef int64_t nchunks = (width - nb + _SCAN_COLUMNS - 1) // _SCAN_COLUMNS
+    with nogil, parallel(num_threads=nthreads):
+        for r in prange(nb, schedule="static"):
+            row = a0 + r
+            top = row_max[row]
+            for j in range(width):
+                d = sq[row] + sq[a0 + j] - 2 * dots[r, j]
+                d = d if d > 0 else 0
+                top = d if d > top else top
+                _offer(&best_d[row, 0], &best_i[row, 0], k, d, a0 + j)
+            row_max[row] = top
+        # rows below the block, each owned by one thread: one chunk of columns at a time
+        for chunk in prange(nchunks, schedule="dynamic"):
+            lo = nb + chunk * _SCAN_COLUMNS
+            hi = min(lo + _SCAN_COLUMNS, width)
+            for r in range(nb):
+                for j in range(lo, hi):
+                    c = a0 + j
+                    d = sq[a0 + r] + sq[c] - 2 * dots[r, j]
+                    d = d if d > 0 else 0
+                    if d > row_max[c]:
+                        row_max[c] = d
+                    _offer(&best_d[c, 0], &best_i[c, 0], k, d, a0 + r)
+
+
+def pair_distances(const real_t[:, ::1] feats, const real_t[::1] sq, const int64_t[::1] rows,
+                   const int64_t[::1] cols, real_t[::1] out):
+    """``out[i] = max(sq[x] + sq[y] - 2 * feats[x] . feats[y], 0)`` for x = rows[i], y = cols[i]:
+    the distances of re-ranking's weights that its dense pass did not keep."""
+    cdef int64_t n = rows.shape[0], dim = feats.shape[1], i, j, x, y
+    cdef double dot, d
+    cdef int nthreads = eval_lib_max_threads() if n * dim >= _PARALLEL_MIN_WORK else 1
+    with nogil, parallel(num_threads=nthreads):
+        for i in prange(n, schedule="static"):
+            x = rows[i]
+            y = cols[i]
+            dot = 0
+            for j in range(dim):
+                dot = dot + feats[x, j] * feats[y, j]
+            d = sq[x] + sq[y] - 2 * dot
+            out[i] = <real_t>(d if d > 0 else 0)

@@ -21,6 +21,7 @@ from conftest import file_digests
 from PIL import Image
 
 import prepare_market
+import test as test_script
 import train_core
 import train_self
 from utils import run_cli
@@ -169,6 +170,9 @@ def test_argparse_errors_are_one_line_from_the_shell(tmp_path):
         ("benchmarks/bench_train.py", ["--steps", "-1"], "--steps -1: must be >= 0"),
         ("benchmarks/compare_protocols.py", ["--checkpoint", "missing.pt"],
          "--checkpoint missing.pt: no such file"),
+        ("test.py", ["--checkpoint", "missing.pt"], "--checkpoint missing.pt: no such file"),
+        ("test.py", ["--checkpoint", "x.pt", "--top", "many"],
+         "argument --top: invalid int value: 'many'"),
     ]:
         proc = subprocess.run([sys.executable, script, *argv], cwd=REPO, capture_output=True,
                               text=True, timeout=120)
@@ -389,3 +393,47 @@ def test_resume_from_an_earlier_checkpoint_refuses_to_drop_later_epochs(
                                   "--run_name", "run", "--resume", str(early)),
                  "holds epochs up to 3 beyond the checkpoint's epoch 1, which resuming would "
                  "drop", world, capsys, monkeypatch)
+
+
+# ---- test.py -------------------------------------------------------------------------------
+
+def test_test_script_bad_input_is_one_line(world, finished_run, tmp_path, capsys, monkeypatch):
+    data, out = world
+    ckpt = finished_run / "last.pt"
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    damaged = out / "earlier" / "damaged.pt"
+    damaged.write_bytes(ckpt.read_bytes()[:1000])
+    not_a_checkpoint = out / "earlier" / "list.pt"
+    torch.save([torch.zeros(1)], not_a_checkpoint)
+    moved = out / "earlier" / "moved.pt"  # without the run's noisy_labels.npz beside it
+    shutil.copyfile(ckpt, moved)
+    one_network = f"{ckpt} is a baseline checkpoint with one network; use --network 1"
+    given = ["--checkpoint", str(ckpt)]
+    for argv, message in [
+        (["--checkpoint", str(damaged)], f"--checkpoint {damaged}: cannot read it, the file is "
+         "damaged or truncated"),
+        (["--checkpoint", str(not_a_checkpoint)], "not a checkpoint of train_self.py"),
+        ([*given, "--network", "2"], f"--network 2: {one_network}"),
+        ([*given, "--network", "both"], f"--network both: {one_network}"),
+        ([*given, "--network", "3"], "argument --network: invalid choice: '3'"),
+        ([*given, "--pictures", str(a_file)], f"--pictures {a_file}: {a_file} is a file"),
+        (["--checkpoint", str(moved), "--pictures", str(tmp_path / "p")],
+         f"--pictures needs the run's noisy_labels.npz beside the checkpoint, and "
+         f"{moved.parent / 'noisy_labels.npz'} is missing"),
+        ([*given, "--out", str(out)], f"--out {out}: is a folder; give a file name"),
+        ([*given, "--out", str(a_file / "s.json")], f"--out {a_file / 's.json'}: {a_file} is "
+         "a file"),
+        ([*given, "--queries", "0"], "--queries 0: must be >= 1"),
+        ([*given, "--top", "-1"], "--top -1: must be >= 1"),
+        ([*given, "--label_examples", "0"], "--label_examples 0: must be >= 1"),
+        ([*given, "--seed", "-1"], "--seed -1: must be an integer >= 0"),
+        ([*given, "--workers", "-2"], "--workers -2: must be >= 0"),
+        ([*given, "--img_size", "8", "8"], "--img_size 8 8: height and width must each be >= 16"),
+        ([*given, "--gpu", "0", "--device", "cpu"], "--gpu 0: contradicts --device cpu"),
+        ([*given, "--data_dir", str(tmp_path / "nowhere")],
+         f"--data_dir {tmp_path / 'nowhere'}: no {tmp_path / 'nowhere' / 'market'} folder"),
+        ([*given, "--dataset", "nowhere"], "unknown dataset 'nowhere'"),
+        ([*given, "--eval_protocol", "best"], "argument --eval_protocol: invalid choice"),
+    ]:
+        expect_error(test_script, argv, message, world, capsys, monkeypatch)

@@ -21,7 +21,8 @@ def make_eval_set(prepared_market, split, protocol="standard"):
         data = data.subset(np.flatnonzero(data.pids != -1))
     pids, camids = scoring_identities(data.pids, data.camids, data.classes, data.targets,
                                    [p.name for p in data.paths], protocol)
-    return EvalSet(LoaderBatches(data, eval_transform(CROP), 5, False, 0, CPU), pids, camids)
+    return EvalSet(LoaderBatches(data, eval_transform(CROP), 5, False, 0, CPU), pids, camids,
+                   list(data.paths))
 
 
 @pytest.fixture(scope="module")
