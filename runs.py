@@ -30,7 +30,7 @@ from utils import UserError, atomic_write, first_line
 # Settings a resumed run must share with the run it continues.
 MUST_MATCH_ON_RESUME = ("dataset", "train_split", "noise_ratio", "noise_seed", "pattern",
                         "pattern_view", "seed", "arch", "img_size", "head_act", "dropout",
-                        "train_transform")
+                        "train_transform", "eval_protocol", "rerank")
 
 
 @dataclass
