@@ -23,13 +23,14 @@ from datasets.noise import NoisyLabels, save_noise
 from datasets.pipeline import epoch_seed
 from eval_utils import score, test_features
 from methods import Baseline, Peer, make_method
-from model import backbone_weights, build_model
+from model import build_model
 from numerics import (Numerics, apply_tf32, choose_numerics, describe_environment,
                       numerics_record, pick_device)
 from pictures import label_correction_picture, sampled_ranked_list
+from pretraining import describe_record, initial_backbone, pretrained_record
 from recorder import TEST_KEYS, RunRecorder
 from run_data import (RunData, inject_noise, load_data, noise_meta, predicted_labels,
-                      prepare_demo_data)
+                      prepare_synthetic_data)
 from runs import (EpochProgress, StopSignals, check_metrics_file, checkpoint_labels,
                   copy_checkpoint, discard_if_unfinished, init_peers_from, load_for_resume,
                   resolve_run, restore_peers, restore_rng_states, run_name, save_checkpoint)
@@ -188,12 +189,13 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
     device = pick_device(args)
     numerics = choose_numerics(args, device)
     if args.demo:
-        prepare_demo_data(Path(args.data_dir), args.workers)
+        prepare_synthetic_data(Path(args.data_dir), args.workers)
     run_dir, ckpt = resolve_run(args, args.run_name or run_name(args))
     state = load_for_resume(ckpt, args, method.name) if ckpt else None
     if state is not None:
         check_metrics_file(run_dir, state)
-    weights = backbone_weights(args.arch, args.pretrained) if state is None else None
+    weights, pretrained = (initial_backbone(args, train) if state is None
+                           else (None, pretrained_record(args)))  # resumed: its own
     data = load_data(args, device, numerics)
     numerics = dataclasses.replace(numerics, data_path=data.data_path)
     apply_tf32(numerics, device)
@@ -217,7 +219,8 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
                 "args": vars(args), "realised_noise_rate": float(1 - labels.is_clean.mean()),
                 "injected_label_precision": float((labels.noisy_labels ==
                                                    labels.clean_labels).mean()),
-                "device": str(device), "numerics": environment, "run_dir": str(run_dir)}
+                "pretrained": pretrained, "device": str(device), "numerics": environment,
+                "run_dir": str(run_dir)}
         with RunRecorder(run_dir, meta, state["history"] if state else None) as rec, \
                 StopSignals() as stop:
             resuming = (f"resuming at epoch {start_epoch}, step {partial[0].step}" if partial
@@ -225,6 +228,7 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
             rec.log(f"run {run_dir}  ({resuming if state else 'new'})")
             rec.log(numerics.describe())
             rec.log(describe_environment(environment))
+            rec.log(describe_record(pretrained))
             rec.log(f"{method.name} on {args.dataset}/{args.train_split}: "
                     f"{len(labels.clean_labels)} images, {data.num_classes} identities; "
                     f"{meta['noise_type']} noise {args.noise_ratio:g} (noise seed "

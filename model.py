@@ -76,8 +76,8 @@ def _imagenet_state_dict(arch: str) -> dict:
 
 def _local_state_dict(path: Path) -> dict:
     if not path.is_file():
-        raise UserError(f"--pretrained {path}: no such file; give 'imagenet', 'none' or the path "
-                        "of a torchvision ResNet state dict")
+        raise UserError(f"--pretrained {path}: no such file; give 'imagenet', 'none', "
+                        "'synthetic' or the path of a torchvision ResNet state dict")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch's message for a non-tensor file is a ten-line lecture
@@ -101,6 +101,12 @@ def backbone_weights(arch: str, pretrained: str) -> Optional[dict]:
         return None
     state = (_imagenet_state_dict(arch) if pretrained == "imagenet"
              else _local_state_dict(Path(pretrained)))
+    return fit_backbone(arch, state, f"--pretrained {pretrained}")
+
+
+def fit_backbone(arch: str, state: dict, name: str) -> dict:
+    """``state`` without a classifier (``fc.*``), checked to load into ``arch``'s backbone; a
+    UserError that starts with ``name`` otherwise."""
     state = {k: v for k, v in state.items() if not str(k).startswith("fc.")}
     backbone = ARCHS[arch][0](weights=None)
     backbone.fc = nn.Identity()
@@ -108,7 +114,7 @@ def backbone_weights(arch: str, pretrained: str) -> Optional[dict]:
         backbone.load_state_dict(state)
     except (RuntimeError, TypeError) as err:  # missing/unexpected keys or shape mismatches
         lines = str(err).splitlines()
-        raise UserError(f"--pretrained {pretrained}: not a {arch} backbone state dict "
+        raise UserError(f"{name}: not a {arch} backbone state dict "
                         f"({(lines[1] if len(lines) > 1 else lines[0]).strip()})") from None
     return state
 

@@ -49,7 +49,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     # model
     a("--arch", default="resnet50", choices=sorted(ARCHS), help="backbone")
     a("--pretrained", default="imagenet", help="'imagenet' (torchvision weights, downloaded), "
-      "'none' (from scratch) or the path of a local torchvision ResNet state dict")
+      "'none' (from scratch), 'synthetic' (a stand-in for ImageNet: the backbone trained once "
+      "with clean labels on other synthetic people, cached under "
+      "DATA_DIR/synthetic_pretraining/) or the path of a local torchvision ResNet state dict")
     a("--head_act", default="leaky_relu", choices=["leaky_relu", "relu"],
       help="head activation: the released code's LeakyReLU(0.1), or the paper's ReLU")
     a("--dropout", type=float, default=0.5, help="dropout after the 512-d head, in [0, 1)")
@@ -184,9 +186,10 @@ def _check_paths(args: argparse.Namespace) -> None:
             f"train_self.py --method baseline --noise_ratio 0 --dataset {args.dataset} "
             f"--data_dir {args.data_dir} --output_dir {args.output_dir}   and then pass "
             f"--pattern_model {Path(args.output_dir) / run_name(clean) / 'last.pt'}")
-    if args.pretrained not in ("imagenet", "none") and not Path(args.pretrained).is_file():
-        raise UserError(f"--pretrained {args.pretrained}: no such file; give 'imagenet', 'none' "
-                        "or the path of a torchvision ResNet state dict")
+    if args.pretrained not in ("imagenet", "none", "synthetic") and \
+            not Path(args.pretrained).is_file():
+        raise UserError(f"--pretrained {args.pretrained}: no such file; give 'imagenet', 'none', "
+                        "'synthetic' or the path of a torchvision ResNet state dict")
     for path in getattr(args, "init_from", None) or []:
         if not Path(path).is_file():
             raise UserError(f"--init_from {path}: no such file; give the last.pt or best.pt of "

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 from reproduction.launch import run_local, run_slurm
 from reproduction.plan import describe_plan, expand, parse_noise
 from reproduction.report import write_report
-from run_data import prepare_demo_data
+from run_data import prepare_synthetic_data
 from utils import ArgumentParser, UserError, check_number, check_writable_folder, run_cli
 
 # The paper's experiments (DESIGN.md): three datasets, clean labels and 10/20/30% random and
@@ -107,7 +107,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
                 print("every run is done: nothing to train")
             else:
                 if "--demo" in train_flags:  # the synthetic data, made once before any run
-                    prepare_demo_data(Path(runs[0].args.data_dir), runs[0].args.workers)
+                    prepare_synthetic_data(Path(runs[0].args.data_dir), runs[0].args.workers)
                 launch = run_local if cli.launcher == "local" else (
                     lambda r, g, c: run_slurm(r, g, c, cli.partition, cli.time,
                                               cli.gpus_per_job, cli.cpus_per_job,

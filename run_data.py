@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 import torch
@@ -48,18 +48,19 @@ class RunData:
     data_path: str  # "cache" or "loader"
 
 
-def prepare_demo_data(data_dir: Path, workers: int) -> None:
-    """Generate (once) the synthetic download and prepare it exactly as a real one."""
+def prepare_synthetic_data(data_dir: Path, workers: int, **spec: Any) -> None:
+    """Generate (once) a synthetic download, the demo's or (``spec``: ``SyntheticSpec`` fields)
+    another, and prepare it exactly as a real one."""
     from datasets.market1501 import DOWNLOAD_FOLDER
     from datasets.synthetic import make_preset
     from datasets.prepare import prepare
-    ready = data_dir / ".demo_ready"
+    ready = data_dir / ".synthetic_ready"
     if ready.is_file():
         return
     download = data_dir / DOWNLOAD_FOLDER
     if not download.is_dir():
-        print(f"demo: writing a synthetic Market-1501-shaped download to {download} (once)")
-        make_preset(data_dir, "demo", workers=max(1, workers), progress=True)
+        print(f"writing a synthetic Market-1501-shaped download to {download} (once)")
+        make_preset(data_dir, "demo", workers=max(1, workers), progress=True, **spec)
     prepare(download, data_dir / "market")  # completes an interrupted earlier attempt
     ready.touch()
 
