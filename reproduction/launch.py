@@ -19,7 +19,10 @@ from typing import Optional, Sequence
 
 import submitit
 
+from engine import train
+from pretraining import SYNTHETIC, describe_record, synthetic_backbone
 from reproduction.plan import Run
+from run_data import prepare_synthetic_data
 from utils import EXIT_RESUMABLE, RunInterrupted, atomic_write_text
 
 OUTCOME_OF_EXIT = {0: "done", EXIT_RESUMABLE: "interrupted"}
@@ -42,6 +45,19 @@ class StatusFile:
         self.data[run.name] = {"outcome": outcome, "exit_code": exit_code,
                                "log": str(log) if log else None}
         atomic_write_text(self.path, json.dumps(self.data, indent=1))
+
+
+def prepare_inputs(runs: Sequence[Run]) -> None:
+    """Make what the runs would each make on their own, once, before any starts (parallel jobs
+    would race for it): the demo's synthetic data and the synthetic pretraining of each
+    architecture and image size that starts from it (its time counts in the grid's)."""
+    demo = [run.args for run in runs if run.args.demo]
+    if demo:
+        prepare_synthetic_data(Path(demo[0].data_dir), demo[0].workers)
+    pretrained = {(run.args.data_dir, run.args.arch, tuple(run.args.img_size)): run.args
+                  for run in runs if run.args.pretrained == SYNTHETIC}
+    for args in pretrained.values():
+        print(describe_record(synthetic_backbone(args, train)[1]), flush=True)
 
 
 def visible_gpus() -> list[str]:

@@ -1,7 +1,8 @@
 """The grid's results as the paper shows them: tables (Markdown, CSV, LaTeX) with rows =
 methods and column groups = dataset x noise setting, cells = rank-1 / mAP as mean ± std over
 seeds, for the final epoch and for the best-by-rank-1 epoch (chosen on the test set:
-optimistic), the final label precision, and figures of label precision and mAP over epochs.
+optimistic), the final label precision and noisy labels corrected / memorised, and figures
+of label precision and mAP over epochs.
 Runs that are missing, failed or unfinished are shown as such, never dropped.
 """
 from __future__ import annotations
@@ -19,6 +20,8 @@ from reproduction.plan import NoiseSetting, Run
 from utils import atomic_write, atomic_write_text
 
 METHOD_NAMES = {"baseline": "Baseline", "self": "SELF", "core": "CORE"}
+# Network 1's training labels after the final epoch (none to correct without noise).
+LABEL_KEYS = ("label_precision", "noisy_corrected", "noisy_memorized")
 
 
 @dataclass
@@ -29,8 +32,9 @@ class Cell:
     states: list[str] = field(default_factory=list)     # of the unfinished ones
 
     def values(self, key: str, which: str = "final") -> list[float]:
-        if key == "label_precision":
-            return [m["history"][-1]["label_precision"] for m in self.results]
+        if key in LABEL_KEYS:
+            return [m["history"][-1][key] for m in self.results
+                    if m["history"][-1].get(key) is not None]
         return [m[which][key] for m in self.results if m.get(which)]
 
     def missing_note(self) -> str:
@@ -81,8 +85,8 @@ def cell_text(cell: Optional[Cell], which: str) -> str:
         return "–"
     if not cell.results:
         return cell.missing_note() or "missing"
-    if which == "label_precision":
-        text = mean_std(cell.values("label_precision"))
+    if which in LABEL_KEYS:
+        text = mean_std(cell.values(which))
     else:
         text = (f"{mean_std(cell.values('rank1', which))} / "
                 f"{mean_std(cell.values('mAP', which))}")
@@ -93,7 +97,11 @@ def cell_text(cell: Optional[Cell], which: str) -> str:
 TABLES = [("final", "Final epoch: rank-1 / mAP (%)"),
           ("best", "Best epoch by test rank-1 (optimistic: chosen on the test set): "
                    "rank-1 / mAP (%)"),
-          ("label_precision", "Final label precision (%), network 1")]
+          ("label_precision", "Final label precision (%), network 1"),
+          ("noisy_corrected", "Final noisy labels corrected (%): wrong annotations whose "
+                              "refined label is the true one, network 1"),
+          ("noisy_memorized", "Final noisy labels memorised (%): wrong annotations the "
+                              "network still predicts, network 1")]
 
 
 def write_report(runs: Sequence[Run], grid_dir: Path) -> list[Path]:
@@ -133,7 +141,7 @@ def _csv(cells, columns, methods) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     stats = [("final", "rank1"), ("final", "mAP"), ("best", "rank1"), ("best", "mAP"),
-             ("final", "label_precision")]
+             *(("final", key) for key in LABEL_KEYS)]
     writer.writerow(["dataset", "noise", "method", "seeds_done", "seeds_expected", "missing"]
                     + [f"{w}_{k}_{m}" for w, k in stats for m in ("mean", "std")])
     for dataset, setting in columns:
