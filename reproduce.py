@@ -21,6 +21,7 @@ import shlex
 from pathlib import Path
 from typing import Optional, Sequence
 
+from methods import METHODS
 from reproduction.launch import prepare_inputs, run_local, run_slurm
 from reproduction.plan import describe_plan, expand, parse_noise
 from reproduction.report import write_report
@@ -30,7 +31,6 @@ from utils import ArgumentParser, UserError, check_number, check_writable_folder
 # patterned noise, the three methods, three seeds.
 PAPER_DATASETS = ["market", "duke", "cuhk03"]
 PAPER_NOISE = ["clean", "random:0.1,0.2,0.3", "pattern:0.1,0.2,0.3"]
-METHODS = ["baseline", "self", "core"]
 # The demo grid: synthetic data, 50% random and patterned noise, a short schedule, from the
 # synthetic pretraining (the paper's regime: a pretrained backbone; --pretrained none: scratch).
 DEMO = dict(datasets=["market"], noise=["random:0.5", "pattern:0.5"], seeds=[1],
@@ -50,7 +50,7 @@ def build_parser() -> ArgumentParser:
     a("--noise", nargs="+", default=None,
       help=f"noise settings: clean, random:R[,R...], pattern:R[,R...] (default: the paper's, "
       f"{' '.join(PAPER_NOISE)})")
-    a("--methods", nargs="+", default=METHODS, choices=METHODS, help="methods")
+    a("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods")
     a("--seeds", type=int, nargs="+", default=None, help="seeds (default: 1 2 3); all share "
       "the noisy labels (--noise_seed, default 1)")
     a("--output_dir", default="./grid", help="the grid's folder: runs/, logs/, status.json, "

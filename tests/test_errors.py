@@ -179,6 +179,23 @@ def test_argparse_errors_are_one_line_from_the_shell(tmp_path):
         assert_one_line(proc.returncode, proc.stderr, message)
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--time", "0"], "--time 0: must be >= 1 (minutes)"),
+    (["--gpus_per_job", "-1"], "--gpus_per_job -1: must be >= 0"),
+    (["--cpus_per_job", "0"], "--cpus_per_job 0: must be >= 1"),
+    (["--noise", "random:1.5"], "--noise random:1.5: ratio '1.5' must be a number in (0, 1)"),
+    (["--seeds", "-1"], "--seed -1: must be an integer >= 0"),
+    (["--seed", "3"], "--seed is set by the grid for each run"),
+    (["--lr", "-1"], "--lr -1.0: must be > 0"),
+])
+def test_reproduce_bad_input_is_one_line(world, capsys, monkeypatch, extra, message):
+    import reproduce
+    data, out = world
+    expect_error(reproduce, ["--datasets", "market", "--noise", "random:0.2", "--data_dir",
+                             str(data), "--output_dir", str(out / "grid"), *extra], message,
+                 world, capsys, monkeypatch)
+
+
 def test_prepare_market_bad_source_is_one_line(world, tmp_path, capsys, monkeypatch):
     expect_error(prepare_market, ["--src", str(tmp_path / "none.zip"), "--dst",
                                   str(tmp_path / "out")], "source not found", world, capsys,
