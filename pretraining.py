@@ -94,13 +94,14 @@ def synthetic_record(args: argparse.Namespace, spec: PretrainingSpec) -> dict:
     """The synthetic pretraining of ``args.arch`` at ``args.img_size``: its cache file under
     ``args.data_dir``, the separate download's generator (its seed decides the people) and
     the training settings."""
-    return {"source": SYNTHETIC,
-            "cache": str(cache_path(Path(args.data_dir), args.arch, args.img_size,
-                                    spec).resolve()),
-            "arch": args.arch, "img_size": list(args.img_size),
-            "generator": dataclasses.asdict(spec.generator()),
-            **{k: v for k, v in dataclasses.asdict(spec).items()
-               if k in ("epochs", "milestones", "lr", "batchsize", "seed")}}
+    record = {"source": SYNTHETIC,
+              "cache": str(cache_path(Path(args.data_dir), args.arch, args.img_size,
+                                      spec).resolve()),
+              "arch": args.arch, "img_size": list(args.img_size),
+              "generator": dataclasses.asdict(spec.generator()),
+              **{k: v for k, v in dataclasses.asdict(spec).items()
+                 if k in ("epochs", "milestones", "lr", "batchsize", "seed")}}
+    return json.loads(json.dumps(record))  # as the cache reads it back: lists, not tuples
 
 
 def describe_record(record: dict) -> str:

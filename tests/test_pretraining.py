@@ -22,7 +22,7 @@ from datasets.synthetic_shapes import SHAPES
 from options import parse_args
 from pretraining import DEFAULT_SPEC, PretrainingSpec, cache_path, synthetic_backbone
 
-TINY_SPEC = PretrainingSpec(identities=6, images_per_id=4, test_identities=3, epochs=2,
+TINY_SPEC = PretrainingSpec(identities=6, images_per_id=6, test_identities=3, epochs=2,
                             milestones=(1,), batchsize=8)
 TINY = ["--arch", "resnet18", "--img_size", "32", "16", "--batchsize", "8", "--workers", "0",
         "--lr", "0.05", "--milestones"]
@@ -60,7 +60,7 @@ def test_the_cache_is_made_once_then_reused_fast_and_identical(data_dir, made):
     assert path.parent == (data_dir / "synthetic_pretraining").resolve()
     assert not (path.parent / "runs" / path.stem).exists()  # the training run is cleaned up
     assert record["source"] == "synthetic" and record["generator"]["seed"] == 2022
-    assert record["epochs"] == 2 and record["train_images"] == 6 * 4
+    assert record["epochs"] == 2 and record["train_images"] == 6 * 6
     stamp = path.stat().st_mtime_ns
     started = time.time()
     again, second = synthetic_backbone(tiny_args(data_dir), engine.train, TINY_SPEC)
@@ -86,6 +86,7 @@ def test_the_cache_is_keyed_by_architecture_image_size_and_generator(data_dir, m
 def test_a_damaged_cache_is_made_again(data_dir, made, tmp_path, capsys):
     state, record, _ = made
     shutil.copytree(data_dir / "synthetic_pretraining", tmp_path / "synthetic_pretraining")
+    (tmp_path / "market").symlink_to(data_dir / "market")  # the run's data: only checked
     damaged = tmp_path / "synthetic_pretraining" / Path(record["cache"]).name
     damaged.write_bytes(damaged.read_bytes()[:1000])  # truncated
     remade, again = synthetic_backbone(tiny_args(tmp_path), engine.train, TINY_SPEC)

@@ -2,6 +2,7 @@
 run leaves behind, the SELF -> co-refining switch, exact resume, patterned noise, bad input."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,9 +27,11 @@ NUMERICS_KEYS = {"mode", "dtype", "tf32", "channels_last", "fused_sgd", "compile
 
 
 @pytest.fixture(scope="module")
-def data_dir(prepared_market):
-    assert prepared_market.name == "market"
-    return str(prepared_market.parent)
+def data_dir(prepared_market, tmp_path_factory):
+    """A private copy: the runs' image cache must not reach the shared fixture others copy."""
+    root = tmp_path_factory.mktemp("training_data")
+    shutil.copytree(prepared_market, root / "market")
+    return str(root)
 
 
 def args(data_dir, out, *extra):
