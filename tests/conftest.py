@@ -9,6 +9,10 @@ read-only; a test that changes files works on its own copy (``shutil.copytree``)
 - ``prepared_market``: the folder named ``market`` that ``prepare_market.prepare`` built from it,
   i.e. ``<tmp>/market/{train_all,train,val,query,gallery,multi-query}/<pid>/<file>.jpg``;
   training scripts read it with ``--data_dir <its parent> --dataset market``.
+- ``data_dir``: a private copy of ``prepared_market`` for each test module that trains, as
+  ``<tmp>/market/...``; pass ``--data_dir data_dir``. Runs write their image cache
+  (``market/.cache/``) and the synthetic pretraining beside the data, which must not reach the
+  shared fixture that other tests copy or read.
 - ``synthetic_downloads(shape)``: the top folder of the "tiny" preset in the shape of another
   download (``duke``, ``cuhk03``, ``msmt17``, ``msmt17_v2``: see ``datasets.synthetic_shapes``),
   each written once per session.
@@ -16,6 +20,7 @@ read-only; a test that changes files works on its own copy (``shutil.copytree``)
 from __future__ import annotations
 
 import hashlib
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Callable
@@ -75,3 +80,10 @@ def synthetic_downloads(tmp_path_factory: pytest.TempPathFactory) -> Callable[[s
                                       shape=shape)
         return made[shape]
     return download
+
+
+@pytest.fixture(scope="module")
+def data_dir(prepared_market: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    shutil.copytree(prepared_market, root / "market")
+    return root

@@ -3,7 +3,6 @@ scores both CORE peers, re-ranks, and draws pictures whose frames say what the p
 run's label diagnostics say; the run's TensorBoard events hold the same pictures."""
 import io
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -48,14 +47,6 @@ def rows_of(found):
     for name, top, _ in found:
         rows.setdefault(top, []).append(name)
     return [rows[top] for top in sorted(rows)]
-
-
-@pytest.fixture(scope="module")
-def data_dir(prepared_market, tmp_path_factory):
-    """A private copy of the prepared data: runs write their image cache beside it."""
-    root = tmp_path_factory.mktemp("data")
-    shutil.copytree(prepared_market, root / "market")
-    return root
 
 
 @pytest.fixture(scope="module")

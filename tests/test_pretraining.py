@@ -38,14 +38,6 @@ def same_tensors(a: dict, b: dict) -> bool:
 
 
 @pytest.fixture(scope="module")
-def data_dir(prepared_market, tmp_path_factory):
-    """A private copy of the prepared data: the cache is written beside it."""
-    root = tmp_path_factory.mktemp("pretraining")
-    shutil.copytree(prepared_market, root / "market")
-    return root
-
-
-@pytest.fixture(scope="module")
 def made(data_dir):
     """The first call: generates the separate download, trains, caches."""
     started = time.time()

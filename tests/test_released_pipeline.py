@@ -25,13 +25,8 @@ CPU = torch.device("cpu")
 CORE_2 = ["--epochs", "2", "--stage1_epochs", "0"]  # the shortest CORE run: SELF, co-refining
 
 
-@pytest.fixture(scope="module")
-def data_dir(prepared_market):
-    return str(prepared_market.parent)
-
-
 def args(data_dir, out, *extra):
-    return ["--data_dir", data_dir, "--output_dir", str(out), *TINY, *extra]
+    return ["--data_dir", str(data_dir), "--output_dir", str(out), *TINY, *extra]
 
 
 def noisy_labels(result):

@@ -35,14 +35,6 @@ def grid_argv(data_dir, out, *extra):
 
 
 @pytest.fixture(scope="module")
-def data_dir(prepared_market, tmp_path_factory):
-    """A private copy: the runs' image cache must not reach the shared fixture others copy."""
-    root = tmp_path_factory.mktemp("grid_data")
-    shutil.copytree(prepared_market, root / "market")
-    return root
-
-
-@pytest.fixture(scope="module")
 def finished_grid(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("grid")
     outcomes = reproduce.main(grid_argv(data_dir, out))

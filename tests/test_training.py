@@ -2,7 +2,6 @@
 run leaves behind, the SELF -> co-refining switch, exact resume, patterned noise, bad input."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,16 +25,8 @@ NUMERICS_KEYS = {"mode", "dtype", "tf32", "channels_last", "fused_sgd", "compile
                  "torch", "torchvision", "cuda", "cudnn", "device_name", "workers"}
 
 
-@pytest.fixture(scope="module")
-def data_dir(prepared_market, tmp_path_factory):
-    """A private copy: the runs' image cache must not reach the shared fixture others copy."""
-    root = tmp_path_factory.mktemp("training_data")
-    shutil.copytree(prepared_market, root / "market")
-    return str(root)
-
-
 def args(data_dir, out, *extra):
-    return ["--data_dir", data_dir, "--output_dir", str(out), *TINY, *extra]
+    return ["--data_dir", str(data_dir), "--output_dir", str(out), *TINY, *extra]
 
 
 def check_run_folder(result, method, networks):
