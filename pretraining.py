@@ -18,6 +18,7 @@ cache is written atomically; a damaged one is made again. Every later run reuses
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -188,6 +189,8 @@ def _pretrain(args: argparse.Namespace, train: Trainer, spec: PretrainingSpec, p
     atomic_write(path, lambda tmp: torch.save({"state_dict": backbone,
                                                "record": json.dumps(made)}, tmp))
     shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):  # other pretrainings may still be training there
+        run_dir.parent.rmdir()
     print(f"pretrained in {made['made_in_s']:.0f}s: training accuracy {last['train_acc']:.3f}, "
           f"rank-1 {100 * made['test_rank1']:.1f} / mAP {100 * made['test_mAP']:.1f} on "
           f"{spec.test_identities} other held-out identities", flush=True)

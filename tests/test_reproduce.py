@@ -187,7 +187,13 @@ def test_a_preempted_job_stops_its_run_and_requeues_it(data_dir, tmp_path):
 def test_the_demo_grid_plans_on_the_demo_data(tmp_path):
     cli, train_flags = reproduce.parse(["--demo", "--output_dir", str(tmp_path)])
     runs = expand(cli.datasets, cli.noise, cli.methods, cli.seeds, train_flags, tmp_path)
-    assert len(runs) == 7  # 2 noise settings x 3 methods, and the clean baseline
+    assert len(runs) == 3  # 50% random noise x 3 methods
     assert {run.args.data_dir for run in runs} == {"./demo_data"}  # --demo's values apply
     assert {run.args.arch for run in runs} == {"resnet18"}
-    assert all(run.args.epochs == 8 and run.args.img_size == [32, 16] for run in runs)
+    assert {run.args.pretrained for run in runs} == {"synthetic"}
+    assert all(run.args.epochs == 28 and run.args.img_size == [32, 16] for run in runs)
+    cli, train_flags = reproduce.parse(["--demo", "--output_dir", str(tmp_path), "--noise",
+                                        "pattern:0.2", "--pretrained", "none"])
+    runs = expand(cli.datasets, cli.noise, cli.methods, cli.seeds, train_flags, tmp_path)
+    assert len(runs) == 4  # and the clean baseline patterned noise needs
+    assert {run.args.pretrained for run in runs} == {"none"}  # the user's flags win
