@@ -25,11 +25,10 @@ from options import check_data_dir, saved_args
 from pictures import label_correction_picture, pick_queries, ranked_list_picture, save_png
 from recorder import format_scores
 from run_data import RunData, load_data, load_eval_sets, predicted_labels
-from runs import network_from_checkpoint, read_checkpoint
+from runs import NOISE_FILE, network_from_checkpoint, read_checkpoint
 from utils import UserError, atomic_write_text
 
 NETWORKS = ("1", "2", "both")
-NOISE_FILE = "noisy_labels.npz"  # what a run writes beside its checkpoints
 
 
 @dataclass

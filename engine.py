@@ -31,9 +31,10 @@ from pretraining import describe_record, initial_backbone, pretrained_record
 from recorder import TEST_KEYS, RunRecorder
 from run_data import (RunData, inject_noise, load_data, noise_meta, predicted_labels,
                       prepare_synthetic_data)
-from runs import (EpochProgress, StopSignals, check_metrics_file, checkpoint_labels,
-                  copy_checkpoint, discard_if_unfinished, init_peers_from, load_for_resume,
-                  resolve_run, restore_peers, restore_rng_states, run_name, save_checkpoint)
+from runs import (NOISE_FILE, EpochProgress, StopSignals, check_metrics_file,
+                  checkpoint_labels, copy_checkpoint, discard_if_unfinished, init_peers_from,
+                  load_for_resume, resolve_run, restore_peers, restore_rng_states, run_name,
+                  save_checkpoint)
 from utils import RunInterrupted, UserError
 
 # Queries in the ranked-list picture of each test (TensorBoard): the same ones every time.
@@ -205,7 +206,7 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
         # The noisy labels: drawn once, then carried by the checkpoints.
         labels = (checkpoint_labels(state, noise_meta(args)) if state is not None
                   else inject_noise(args, data, device))
-        save_noise(run_dir / "noisy_labels.npz", labels.clean_labels, labels.noisy_labels,
+        save_noise(run_dir / NOISE_FILE, labels.clean_labels, labels.noisy_labels,
                    labels.is_clean, labels.meta)
         peers = build_peers(args, method, data.num_classes, device, numerics, weights)
         start_epoch, init_notes, partial = 0, [], None

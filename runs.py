@@ -27,6 +27,7 @@ from methods import Peer
 from model import build_model
 from utils import UserError, atomic_write, first_line
 
+NOISE_FILE = "noisy_labels.npz"  # the run's noisy labels, beside its checkpoints
 # Settings a resumed run must share with the run it continues.
 MUST_MATCH_ON_RESUME = ("dataset", "train_split", "noise_ratio", "noise_seed", "pattern",
                         "pattern_view", "seed", "arch", "img_size", "head_act", "dropout",
