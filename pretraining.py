@@ -166,8 +166,7 @@ def _pretrain(args: argparse.Namespace, train: Trainer, spec: PretrainingSpec, p
           f"{spec.identities} synthetic identities (generator seed {spec.generator_seed}, "
           f"clean labels, {spec.epochs} epochs), once; cached as {path}", flush=True)
     started = time.time()
-    fields = {f.name: getattr(generator, f.name) for f in dataclasses.fields(generator)}
-    prepare_synthetic_data(data_dir, args.workers, **fields)
+    prepare_synthetic_data(data_dir, args.workers, **dataclasses.asdict(generator))
     run_dir = root / "runs" / path.stem
     inner = saved_args({
         **{flag: getattr(args, flag) for flag in SHARED_FLAGS},
