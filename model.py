@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from utils import UserError, first_line
+from core_reid.utils import UserError, first_line
 
 # arch -> (torchvision constructor, pool5 dimension, ImageNet weights enum name)
 ARCHS = {

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from datasets import DATASETS
 from datasets.prepare import format_summary, prepare
-from utils import ArgumentParser, run_cli
+from core_reid.utils import ArgumentParser, run_cli
 
 
 def main() -> None:

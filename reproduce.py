@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from methods import METHODS
-from reproduction.launch import prepare_inputs, run_local, run_slurm
-from reproduction.plan import describe_plan, expand, parse_noise
-from reproduction.report import write_report
-from utils import ArgumentParser, UserError, check_number, check_writable_folder, run_cli
+from core_reid.reproduction.launch import prepare_inputs, run_local, run_slurm
+from core_reid.reproduction.plan import describe_plan, expand, parse_noise
+from core_reid.reproduction.report import write_report
+from core_reid.utils import ArgumentParser, UserError, check_number, check_writable_folder, run_cli
 
 # The paper's experiments (DESIGN.md): three datasets, clean labels and 10/20/30% random and
 # patterned noise, the three methods, three seeds.

@@ -15,11 +15,11 @@ import argparse
 from pathlib import Path
 from typing import Optional, Sequence
 
-from checkpoint_eval import NETWORKS, test_checkpoint
+from core_reid.checkpoint_eval import NETWORKS, test_checkpoint
 from eval_utils import EVAL_PROTOCOLS
-from options import MIN_IMAGE_SIDE
-from pictures import PICKS
-from utils import ArgumentParser, UserError, check_number, check_writable_folder, run_cli
+from core_reid.options import MIN_IMAGE_SIDE
+from core_reid.pictures import PICKS
+from core_reid.utils import ArgumentParser, UserError, check_number, check_writable_folder, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:

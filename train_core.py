@@ -13,29 +13,14 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from engine import train
-from options import add_common_args, parse_args
-from utils import ArgumentParser, run_cli
+from core_reid import options
+from core_reid.engine import train
+from core_reid.options import parse_args
+from core_reid.utils import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage1_epochs", type=int, default=20,
-                        help="epochs 0..N train each peer with SELF, co-refining follows (the "
-                        "released code: 20, one epoch after the first learning-rate decay)")
-    parser.add_argument("--kl_weight", type=float, default=1.0,
-                        help="weight of the soft term towards the peer's distribution")
-    parser.add_argument("--selective", action="store_true",
-                        help="selective consistency: the peer's hard label only counts on "
-                        "samples where both peers agree (per sample; see README)")
-    parser.add_argument("--init_from", nargs=2, default=None, metavar=("CKPT1", "CKPT2"),
-                        help="start network 1 and 2 from the networks of two SELF or baseline "
-                        "runs (their last.pt or best.pt), as the released code's --resume "
-                        "does; optimisers, lambda and the epoch count start afresh. Used when "
-                        "a run starts; --resume continues from its own checkpoint")
-    add_common_args(parser)
-    return parser
+    return options.build_parser("train_core.py", __doc__)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:

@@ -15,19 +15,14 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from engine import train
-from options import add_common_args, parse_args
-from utils import ArgumentParser, run_cli
+from core_reid import options
+from core_reid.engine import train
+from core_reid.options import parse_args
+from core_reid.utils import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--method", default="self", choices=["self", "baseline"],
-                        help="'self': self label refining; 'baseline': plain cross-entropy "
-                        "on the noisy labels")
-    add_common_args(parser)
-    return parser
+    return options.build_parser("train_self.py", __doc__)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:

@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import eval_lib  # noqa: E402
-from utils import ArgumentParser, run_cli  # noqa: E402
+from core_reid.utils import ArgumentParser, run_cli  # noqa: E402
 
 # Each size: problem shape, feature dimension, feature noise (larger = weaker model, matches
 # ranked lower), gallery shares of distractors (pid 0) and junk (pid -1).

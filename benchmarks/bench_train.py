@@ -29,12 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train_core  # noqa: E402
 from datasets.noise import random_noise  # noqa: E402
-from engine import build_peers, train_one_epoch  # noqa: E402
+from core_reid.engine import build_peers, train_one_epoch  # noqa: E402
 from methods import make_method  # noqa: E402
-from numerics import apply_tf32, choose_numerics  # noqa: E402
-from run_data import load_data  # noqa: E402
+from core_reid.numerics import apply_tf32, choose_numerics  # noqa: E402
+from core_reid.run_data import load_data  # noqa: E402
 from eval_utils import get_test_acc  # noqa: E402
-from utils import ArgumentParser, UserError, check_number, run_cli  # noqa: E402
+from core_reid.utils import ArgumentParser, UserError, check_number, run_cli  # noqa: E402
 
 PRESET_FOR = {"cuda": "market", "cpu": "demo"}
 SETTINGS_FOR = {  # (arch, crop H, crop W): the real setting on CUDA, a small one on the CPU

@@ -30,7 +30,7 @@ from typing import Any, Iterator, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils import ArgumentParser, UserError, run_cli  # noqa: E402
+from core_reid.utils import ArgumentParser, UserError, run_cli  # noqa: E402
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",

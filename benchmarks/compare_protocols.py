@@ -12,11 +12,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from checkpoint_eval import descriptors, open_checkpoint  # noqa: E402
+from core_reid.checkpoint_eval import descriptors, open_checkpoint  # noqa: E402
 from eval_utils import EVAL_PROTOCOLS, score  # noqa: E402
-from recorder import format_scores  # noqa: E402
-from run_data import load_eval_sets  # noqa: E402
-from utils import ArgumentParser, UserError, run_cli  # noqa: E402
+from core_reid.recorder import format_scores  # noqa: E402
+from core_reid.run_data import load_eval_sets  # noqa: E402
+from core_reid.utils import ArgumentParser, UserError, run_cli  # noqa: E402
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from datasets import cuhk03, dukemtmc, market1501, msmt17
 from datasets.layout import DownloadLayout, OfficialCounts
-from utils import UserError
+from core_reid.utils import UserError
 
 if TYPE_CHECKING:
     from datasets.folder import ReIDFolder

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Union
 
 from datasets.layout import DownloadLayout
-from utils import UserError
+from core_reid.utils import UserError
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 

@@ -11,7 +11,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from datasets.market1501 import parse_market_name
-from utils import UserError
+from core_reid.utils import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 

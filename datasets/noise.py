@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from utils import UserError, atomic_write
+from core_reid.utils import UserError, atomic_write
 
 
 def _check_labels(labels: Any, num_classes: int) -> np.ndarray:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from datasets import DATASETS, SPLITS, DatasetInfo, get_dataset_info
 from datasets.download import Download, FolderSource, Source, ZipSource, download_hint
 from datasets.layout import DownloadLayout, ImageFolder, ImageOrigin
-from utils import UserError
+from core_reid.utils import UserError
 
 PARTIAL_SUFFIX = ".part"  # a file being written is ".<name>.part" until it is complete
 

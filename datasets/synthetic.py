@@ -37,7 +37,7 @@ from PIL import Image, ImageFilter
 from datasets import DATASETS
 from datasets import market1501 as m
 from datasets.synthetic_shapes import SHAPES, DownloadShape
-from utils import ArgumentParser, UserError, run_cli
+from core_reid.utils import ArgumentParser, UserError, run_cli
 
 HEIGHT, WIDTH = 128, 64
 

@@ -16,7 +16,7 @@ import train_core
 import train_self
 from datasets import load_split
 from eval_utils import EvalSet
-from pictures import (BLUE, FRAME, GREEN, RED, THUMB, label_correction_picture,
+from core_reid.pictures import (BLUE, FRAME, GREEN, RED, THUMB, label_correction_picture,
                       ranked_list_picture)
 from datasets.noise import NoisyLabels, load_noise
 

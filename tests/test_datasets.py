@@ -11,7 +11,7 @@ from torchvision.datasets import ImageFolder
 from datasets import DATASETS, get_dataset_info, load_split
 from datasets.folder import ReIDFolder, load_image
 from datasets.market1501 import parse_market_name
-from utils import UserError
+from core_reid.utils import UserError
 
 
 def test_order_is_imagefolder_order(prepared_market):

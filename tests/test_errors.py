@@ -24,7 +24,7 @@ import prepare_market
 import test as test_script
 import train_core
 import train_self
-from utils import run_cli
+from core_reid.utils import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--arch", "resnet18", "--pretrained", "none", "--img_size", "32", "16",

@@ -4,7 +4,7 @@ import torch
 import torchvision
 
 from model import build_model
-from utils import UserError
+from core_reid.utils import UserError
 
 
 def test_shapes_and_pool5():

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from datasets.folder import ReIDFolder
 from datasets.noise import (load_noise, pattern_noise, random_noise, realised_noise_rate,
                             save_noise, second_labels_from_logits)
-from utils import UserError
+from core_reid.utils import UserError
 
 
 def reference_noise(labels, ratio, num_classes, seed, relabel):

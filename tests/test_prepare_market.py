@@ -15,7 +15,7 @@ from conftest import file_digests, file_states, zip_download
 from datasets import market1501 as m
 from datasets.synthetic import make_preset
 from datasets.prepare import format_summary, prepare
-from utils import UserError
+from core_reid.utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_FOLDER = {"train_all": m.TRAIN_FOLDER, "train": m.TRAIN_FOLDER, "val": m.TRAIN_FOLDER,

@@ -13,14 +13,14 @@ import pytest
 import torch
 from conftest import file_digests
 
-import engine
-import pretraining
+from core_reid import engine
+from core_reid import pretraining
 import train_core
 from datasets.market1501 import DOWNLOAD_FOLDER
 from datasets.synthetic import PRESETS, _plan
 from datasets.synthetic_shapes import SHAPES
-from options import parse_args
-from pretraining import DEFAULT_SPEC, PretrainingSpec, cache_path, synthetic_backbone
+from core_reid.options import parse_args
+from core_reid.pretraining import DEFAULT_SPEC, PretrainingSpec, cache_path, synthetic_backbone
 
 TINY_SPEC = PretrainingSpec(identities=6, images_per_id=6, test_identities=3, epochs=2,
                             milestones=(1,), batchsize=8)

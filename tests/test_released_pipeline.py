@@ -15,7 +15,7 @@ import train_self
 from datasets import load_split
 from datasets.noise import pattern_noise, second_labels_from_logits
 from datasets.pipeline import CachedBatches, LoaderBatches, decoded_split, eval_transform
-from runs import network_from_checkpoint, read_checkpoint
+from core_reid.runs import network_from_checkpoint, read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--arch", "resnet18", "--pretrained", "none", "--img_size", "32", "16",
@@ -143,10 +143,10 @@ def self_checkpoints(data_dir, tmp_path_factory):
 
 
 def test_init_from_starts_each_peer_from_a_self_run(data_dir, tmp_path, self_checkpoints):
-    from engine import build_peers
+    from core_reid.engine import build_peers
     from methods import make_method
-    from numerics import choose_numerics
-    from runs import init_peers_from
+    from core_reid.numerics import choose_numerics
+    from core_reid.runs import init_peers_from
     parsed = train_core.parse_args(train_core.build_parser(), args(data_dir, tmp_path))
     parsed.method = "core"
     method = make_method("core", parsed)

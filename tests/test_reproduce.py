@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 
 import reproduce
-from reproduction.launch import TrainingJob
-from reproduction.plan import NoiseSetting, expand, parse_noise
-from utils import EXIT_RESUMABLE, UserError
+from core_reid.reproduction.launch import TrainingJob
+from core_reid.reproduction.plan import NoiseSetting, expand, parse_noise
+from core_reid.utils import EXIT_RESUMABLE, UserError
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["--arch", "resnet18", "--pretrained", "none", "--img_size", "32", "16",

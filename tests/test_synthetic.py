@@ -16,7 +16,7 @@ from datasets.cuhk03 import parse_cuhk03_name
 from datasets.dukemtmc import parse_duke_name
 from datasets.msmt17 import parse_msmt17_name
 from datasets.synthetic import PRESETS, make_preset, make_synthetic_market
-from utils import UserError
+from core_reid.utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_FOLDERS = (m.TRAIN_FOLDER, m.TEST_FOLDER, m.QUERY_FOLDER, m.GT_BBOX_FOLDER)

@@ -158,7 +158,7 @@ def test_offline_imagenet_weights_name_the_way_out(data_dir, tmp_path):
 
 
 def test_label_diagnostics_split_clean_and_noisy_samples():
-    from engine import label_diagnostics
+    from core_reid.engine import label_diagnostics
     true = np.array([0, 0, 1, 1, 2, 2])
     noisy = np.array([0, 1, 1, 0, 2, 2])       # samples 1 and 3 are noisy
     is_clean = noisy == true
@@ -188,7 +188,7 @@ def test_sigterm_mid_epoch_saves_a_checkpoint_that_resumes_bit_identically(data_
     """SIGTERM arrives during epoch 1's third step: the step finishes, last.pt records the
     progress, and the resumed run ends exactly as an uninterrupted one."""
     import methods
-    from utils import RunInterrupted
+    from core_reid.utils import RunInterrupted
     common = args(data_dir, tmp_path, "--epochs", "3", "--stage1_epochs", "0",
                   "--batchsize", "4")
     whole = train_core.main([*common, "--run_name", "whole"])

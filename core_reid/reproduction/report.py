@@ -16,8 +16,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from reproduction.plan import NoiseSetting, Run
-from utils import atomic_write, atomic_write_text
+from core_reid.reproduction.plan import NoiseSetting, Run
+from core_reid.utils import atomic_write, atomic_write_text
 
 METHOD_NAMES = {"baseline": "Baseline", "self": "SELF", "core": "CORE"}
 # Network 1's training labels after the final epoch (none to correct without noise).

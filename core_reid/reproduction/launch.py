@@ -19,11 +19,11 @@ from typing import Optional, Sequence
 
 import submitit
 
-from engine import train
-from pretraining import SYNTHETIC, describe_record, synthetic_backbone
-from reproduction.plan import Run
-from run_data import prepare_synthetic_data
-from utils import EXIT_RESUMABLE, RunInterrupted, atomic_write_text
+from core_reid.engine import train
+from core_reid.pretraining import SYNTHETIC, describe_record, synthetic_backbone
+from core_reid.reproduction.plan import Run
+from core_reid.run_data import prepare_synthetic_data
+from core_reid.utils import EXIT_RESUMABLE, RunInterrupted, atomic_write_text
 
 OUTCOME_OF_EXIT = {0: "done", EXIT_RESUMABLE: "interrupted"}
 

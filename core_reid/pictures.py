@@ -22,7 +22,7 @@ import eval_lib
 from datasets.folder import load_image
 from datasets.noise import NoisyLabels
 from eval_utils import EvalSet, distances
-from utils import atomic_write
+from core_reid.utils import atomic_write
 
 GREEN = (0, 170, 0)
 RED = (220, 0, 0)

@@ -1,4 +1,5 @@
-"""The flags train_self.py and train_core.py share, the built-in demo's values, and the checks
+"""The flags of train_self.py and train_core.py (both scripts' parsers live here, so the grid
+can parse a run's command without importing a script), the built-in demo's values, and the checks
 that run on them before any work starts.
 
 The defaults are the released code's; every number the loop uses is one of these flags.
@@ -13,8 +14,8 @@ from typing import Optional, Sequence
 from datasets import DATASETS, get_dataset_info
 from eval_utils import EVAL_PROTOCOLS
 from model import ARCHS
-from runs import run_name
-from utils import UserError, check_number, check_writable_folder
+from core_reid.runs import run_name
+from core_reid.utils import ArgumentParser, UserError, check_number, check_writable_folder
 
 MIN_IMAGE_SIDE = 16  # ResNet halves the image five times; smaller inputs leave no feature map
 
@@ -104,6 +105,44 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
       "the path of a checkpoint")
     a("--demo", action="store_true", help="the built-in demo: synthetic Market-shaped data "
       "(generated once), 20%% random noise, small network, minutes on a CPU")
+
+
+def add_self_args(parser: argparse.ArgumentParser) -> None:
+    """The flags of train_self.py alone."""
+    parser.add_argument("--method", default="self", choices=["self", "baseline"],
+                        help="'self': self label refining; 'baseline': plain cross-entropy "
+                        "on the noisy labels")
+
+
+def add_core_args(parser: argparse.ArgumentParser) -> None:
+    """The flags of train_core.py alone."""
+    a = parser.add_argument
+    a("--stage1_epochs", type=int, default=20,
+      help="epochs 0..N train each peer with SELF, co-refining follows (the released code: "
+      "20, one epoch after the first learning-rate decay)")
+    a("--kl_weight", type=float, default=1.0,
+      help="weight of the soft term towards the peer's distribution")
+    a("--selective", action="store_true",
+      help="selective consistency: the peer's hard label only counts on samples where both "
+      "peers agree (per sample; see docs/differences.md)")
+    a("--init_from", nargs=2, default=None, metavar=("CKPT1", "CKPT2"),
+      help="start network 1 and 2 from the networks of two SELF or baseline runs (their "
+      "last.pt or best.pt), as the released code's --resume does; optimisers, lambda and the "
+      "epoch count start afresh. Used when a run starts; --resume continues from its own "
+      "checkpoint")
+
+
+SCRIPT_ARGS = {"train_self.py": add_self_args, "train_core.py": add_core_args}
+
+
+def build_parser(script: str, description: Optional[str] = None) -> argparse.ArgumentParser:
+    """The whole parser of ``script`` (train_self.py or train_core.py): its own flags, then the
+    shared ones."""
+    parser = ArgumentParser(description=description,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    SCRIPT_ARGS[script](parser)
+    add_common_args(parser)
+    return parser
 
 
 # The built-in demo: a small synthetic Market-shaped dataset, a small network from scratch.

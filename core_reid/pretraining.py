@@ -32,10 +32,10 @@ import torch
 
 from datasets.synthetic import PRESETS, SyntheticSpec
 from model import backbone_weights, fit_backbone
-from options import saved_args
-from run_data import prepare_synthetic_data
-from runs import network_from_checkpoint, read_checkpoint
-from utils import atomic_write, check_writable_folder, first_line
+from core_reid.options import saved_args
+from core_reid.run_data import prepare_synthetic_data
+from core_reid.runs import network_from_checkpoint, read_checkpoint
+from core_reid.utils import atomic_write, check_writable_folder, first_line
 
 SYNTHETIC = "synthetic"
 CACHE_FOLDER = "synthetic_pretraining"

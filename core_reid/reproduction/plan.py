@@ -14,14 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-import train_core
-import train_self
 from methods import METHODS
-from options import check_args, parse_args
-from runs import run_name
-from utils import UserError
+from core_reid.options import build_parser, check_args, parse_args
+from core_reid.runs import run_name
+from core_reid.utils import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # where the training scripts are
 SCRIPT_OF = {"baseline": "train_self.py", "self": "train_self.py", "core": "train_core.py"}
 CORE_ONLY_FLAGS = ("--stage1_epochs", "--kl_weight", "--selective", "--init_from")
 
@@ -131,7 +129,7 @@ def expand(datasets: Sequence[str], noise: Sequence[NoiseSetting], methods: Sequ
             runs.setdefault(clean.name, clean)
             needs = [clean.name]
             argv += ["--pattern_model", str(clean.run_dir / "last.pt")]
-        parser = (train_core if method == "core" else train_self).build_parser()
+        parser = build_parser(SCRIPT_OF[method])
         args = parse_args(parser, argv, check=False)  # checked below, once the order is known
         args.method = method
         name = run_name(args)

@@ -24,18 +24,18 @@ from datasets.pipeline import epoch_seed
 from eval_utils import score, test_features
 from methods import Baseline, Peer, make_method
 from model import build_model
-from numerics import (Numerics, apply_tf32, choose_numerics, describe_environment,
+from core_reid.numerics import (Numerics, apply_tf32, choose_numerics, describe_environment,
                       numerics_record, pick_device)
-from pictures import label_correction_picture, sampled_ranked_list
-from pretraining import describe_record, initial_backbone, pretrained_record
-from recorder import TEST_KEYS, RunRecorder
-from run_data import (RunData, inject_noise, load_data, noise_meta, predicted_labels,
+from core_reid.pictures import label_correction_picture, sampled_ranked_list
+from core_reid.pretraining import describe_record, initial_backbone, pretrained_record
+from core_reid.recorder import TEST_KEYS, RunRecorder
+from core_reid.run_data import (RunData, inject_noise, load_data, noise_meta, predicted_labels,
                       prepare_synthetic_data)
-from runs import (NOISE_FILE, EpochProgress, StopSignals, check_metrics_file,
+from core_reid.runs import (NOISE_FILE, EpochProgress, StopSignals, check_metrics_file,
                   checkpoint_labels, copy_checkpoint, discard_if_unfinished, init_peers_from,
                   load_for_resume, resolve_run, restore_peers, restore_rng_states, run_name,
                   save_checkpoint)
-from utils import RunInterrupted, UserError
+from core_reid.utils import RunInterrupted, UserError
 
 # Queries in the ranked-list picture of each test (TensorBoard): the same ones every time.
 RANKED_LIST_QUERIES = 4

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from utils import atomic_write, atomic_write_text
+from core_reid.utils import atomic_write, atomic_write_text
 
 TEST_KEYS = ("rank1", "rank5", "rank10", "mAP")
 

@@ -25,7 +25,7 @@ import torch
 from datasets.noise import NoisyLabels
 from methods import Peer
 from model import build_model
-from utils import UserError, atomic_write, first_line
+from core_reid.utils import UserError, atomic_write, first_line
 
 NOISE_FILE = "noisy_labels.npz"  # the run's noisy labels, beside its checkpoints
 # Settings a resumed run must share with the run it continues.

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torchvision
 
-from utils import UserError
+from core_reid.utils import UserError
 
 
 def pick_device(args: argparse.Namespace) -> torch.device:

@@ -20,13 +20,13 @@ import torch.nn.functional as F
 
 from datasets.noise import load_noise
 from eval_utils import EvalSet, distances, extract_features, score
-from numerics import Numerics, choose_numerics, pick_device
-from options import check_data_dir, saved_args
-from pictures import label_correction_picture, pick_queries, ranked_list_picture, save_png
-from recorder import format_scores
-from run_data import RunData, load_data, load_eval_sets, predicted_labels
-from runs import NOISE_FILE, network_from_checkpoint, read_checkpoint
-from utils import UserError, atomic_write_text
+from core_reid.numerics import Numerics, choose_numerics, pick_device
+from core_reid.options import check_data_dir, saved_args
+from core_reid.pictures import label_correction_picture, pick_queries, ranked_list_picture, save_png
+from core_reid.recorder import format_scores
+from core_reid.run_data import RunData, load_data, load_eval_sets, predicted_labels
+from core_reid.runs import NOISE_FILE, network_from_checkpoint, read_checkpoint
+from core_reid.utils import UserError, atomic_write_text
 
 NETWORKS = ("1", "2", "both")
 

@@ -28,9 +28,9 @@ from datasets.pipeline import (CachedBatches, LoaderBatches, cache_fits, centre_
                                decoded_split, default_cache_dir, eval_transform, resize_hw,
                                train_transform)
 from eval_utils import EvalSet, eval_outputs, scoring_identities
-from numerics import Numerics
-from runs import network_from_checkpoint, read_checkpoint
-from utils import UserError
+from core_reid.numerics import Numerics
+from core_reid.runs import network_from_checkpoint, read_checkpoint
+from core_reid.utils import UserError
 
 Batches = Union[CachedBatches, LoaderBatches]
 
