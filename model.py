@@ -27,8 +27,8 @@ class ReIDNet(nn.Module):
     """Backbone -> pool5 -> Linear(512) -> BN -> activation -> Dropout -> Linear(num_classes).
 
     The released code uses LeakyReLU(0.1) and Dropout(0.5) in the head; the paper says ReLU.
-    Initialisation follows the released code: kaiming-normal (fan_out) for the 512 layer,
-    BN weight ~ N(1, 0.02), classifier weight ~ N(0, 0.001), all biases 0.
+    Initialisation follows the released code, in its order: kaiming-normal (fan_out) for the
+    512 layer, BN weight ~ N(1, 0.02), classifier weight ~ N(0, 0.001), all biases 0.
     """
 
     def __init__(self, arch: str, num_classes: int, bottleneck: int = 512,
@@ -39,13 +39,16 @@ class ReIDNet(nn.Module):
         self.backbone.fc = nn.Identity()  # the backbone now returns pool5
         self.feat_dim = feat_dim
         act = nn.LeakyReLU(0.1) if activation == "leaky_relu" else nn.ReLU()
+        # Random numbers are drawn in the released ClassBlock's order (so one --seed gives the
+        # released head): the 512 layer's default init, its kaiming init, BN's normal init,
+        # then the classifier's default init and its normal init.
         self.head = nn.Sequential(nn.Linear(feat_dim, bottleneck), nn.BatchNorm1d(bottleneck),
                                   act, nn.Dropout(dropout))
-        self.classifier = nn.Linear(bottleneck, num_classes)
         nn.init.kaiming_normal_(self.head[0].weight, a=0, mode="fan_out")
         nn.init.zeros_(self.head[0].bias)
         nn.init.normal_(self.head[1].weight, 1.0, 0.02)
         nn.init.zeros_(self.head[1].bias)
+        self.classifier = nn.Linear(bottleneck, num_classes)
         nn.init.normal_(self.classifier.weight, 0.0, 0.001)
         nn.init.zeros_(self.classifier.bias)
 

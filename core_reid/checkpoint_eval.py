@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from datasets.noise import load_noise
 from eval_utils import EvalSet, distances, extract_features, score
-from core_reid.numerics import Numerics, choose_numerics, pick_device
+from core_reid.numerics import (Numerics, apply_tf32, choose_numerics, pick_device,
+                                scoring_numerics)
 from core_reid.options import check_data_dir, saved_args
 from core_reid.pictures import label_correction_picture, pick_queries, ranked_list_picture, save_png
 from core_reid.recorder import format_scores
@@ -57,7 +58,22 @@ def open_checkpoint(path: str, device: str, gpu: Optional[int],
     args.device, args.gpu = device, gpu
     check_data_dir(args)
     torch_device = pick_device(args)
-    return SavedRun(Path(path), state, args, torch_device, choose_numerics(args, torch_device))
+    numerics, source = scoring_numerics(choose_numerics(args, torch_device),
+                                        recorded_numerics(Path(path)), torch_device)
+    apply_tf32(numerics, torch_device)
+    print(f"scoring arithmetic ({source}): {numerics.dtype}, TF32 "
+          f"{'on' if numerics.tf32 else 'off'}")
+    return SavedRun(Path(path), state, args, torch_device, numerics)
+
+
+def recorded_numerics(checkpoint: Path) -> Optional[dict[str, Any]]:
+    """The ``numerics`` block of the metrics.json beside ``checkpoint`` (None if there is none
+    or it cannot be read: the checkpoint may have been copied out of its run folder)."""
+    try:
+        record = json.loads((checkpoint.parent / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record.get("numerics") if isinstance(record, dict) else None
 
 
 def networks_asked(run: SavedRun, network: str) -> list[int]:
@@ -146,6 +162,8 @@ def test_checkpoint(cli: argparse.Namespace) -> dict[str, Any]:
                "epoch": run.state["epoch"], "dataset": run.args.dataset,
                "data_dir": run.args.data_dir, "img_size": list(run.args.img_size),
                "eval_protocol": run.args.eval_protocol, "rerank": cli.rerank,
+               "numerics": {"dtype": run.numerics.dtype, "tf32": run.numerics.tf32,
+                            "channels_last": run.numerics.channels_last},
                "network": cli.network, **results[primary], "scored": results}
     atomic_write_text(out, json.dumps(payload, indent=1))
     print(f"wrote {out}")

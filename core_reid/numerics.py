@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import inspect
 import platform
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Optional
 
 import torch
 import torchvision
@@ -101,6 +101,22 @@ def choose_numerics(args: argparse.Namespace, device: torch.device) -> Numerics:
         fused_sgd=fast_here and fused_sgd_available(),
         compile=bool(args.compile),
         data_path="loader" if released else args.data_path)
+
+
+def scoring_numerics(chosen: Numerics, recorded: Optional[dict[str, Any]],
+                     device: torch.device) -> tuple[Numerics, str]:
+    """The arithmetic to re-score a checkpoint with: the run's recorded dtype, TF32 and memory
+    format (its metrics.json ``numerics`` block), so a re-score reproduces what the run logged;
+    ``chosen`` (from the run's flags on this device) when nothing was recorded. Also says, in
+    words, where the choice came from."""
+    if not recorded:
+        return chosen, "the run's flags on this device (its metrics.json has no numerics block)"
+    dtype = recorded.get("dtype", chosen.dtype)
+    note = "as the run recorded"
+    if dtype == "bfloat16" and not bf16_available(device):
+        dtype, note = "float32", "as the run recorded, but float32: this device has no bf16"
+    return replace(chosen, dtype=dtype, tf32=bool(recorded.get("tf32", chosen.tf32)),
+                   channels_last=bool(recorded.get("channels_last", chosen.channels_last))), note
 
 
 def apply_tf32(numerics: Numerics, device: torch.device) -> None:

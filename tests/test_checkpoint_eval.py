@@ -76,6 +76,36 @@ def test_test_script_reproduces_the_logged_numbers(core_run, name):
     assert written == payload and written["epoch"] == epoch
 
 
+def test_test_script_scores_with_the_arithmetic_the_run_recorded(data_dir, tmp_path, capsys):
+    """test.py takes the dtype, TF32 and memory format from the run's metrics.json (what the
+    run logged was computed with them), not from what the run's flags would choose on this
+    device; without the record, the flags decide."""
+    result = train_self.main(["--data_dir", str(data_dir), "--output_dir", str(tmp_path), *TINY,
+                              "--epochs", "1", "--amp", "on"])
+    run_dir = Path(result["run_dir"])
+    assert result["numerics"]["dtype"] == "bfloat16"
+    capsys.readouterr()
+    payload = test_script.main(["--checkpoint", str(run_dir / "last.pt")])
+    assert "scoring arithmetic (as the run recorded): bfloat16, TF32 off" in capsys.readouterr().out
+    assert payload["numerics"] == {"dtype": "bfloat16", "tf32": False, "channels_last": False}
+    assert {k: payload[k] for k in TEST_KEYS} == logged(result, 0)  # exactly
+
+    # A record that differs from what the flags choose here (--amp on: bf16) wins; TF32 acts on
+    # CUDA only, where apply_tf32 sets it from this record.
+    record = json.loads((run_dir / "metrics.json").read_text())
+    record["numerics"].update(dtype="float32", tf32=True, channels_last=True)
+    (run_dir / "metrics.json").write_text(json.dumps(record))
+    payload = test_script.main(["--checkpoint", str(run_dir / "last.pt"), "--out",
+                                str(tmp_path / "recorded.json")])
+    assert payload["numerics"] == {"dtype": "float32", "tf32": True, "channels_last": True}
+
+    (run_dir / "metrics.json").unlink()
+    payload = test_script.main(["--checkpoint", str(run_dir / "last.pt"), "--out",
+                                str(tmp_path / "flags.json")])
+    assert "its metrics.json has no numerics block" in capsys.readouterr().out
+    assert payload["numerics"] == {"dtype": "bfloat16", "tf32": False, "channels_last": False}
+
+
 def test_rerank_at_training_time_and_in_the_test_script_agree(data_dir, tmp_path):
     result = train_self.main(["--data_dir", str(data_dir), "--output_dir", str(tmp_path), *TINY,
                               "--epochs", "2", "--rerank"])

@@ -26,6 +26,35 @@ def test_resnet50_head_matches_released_design():
     assert fc.bias.abs().sum() == 0 and net.classifier.bias.abs().sum() == 0
 
 
+def released_class_block(seed: int, arch: str, num_classes: int) -> dict[str, torch.Tensor]:
+    """A literal restatement of the released ft_net + ClassBlock construction's random draws:
+    the torchvision backbone, then Linear(2048, 512) default init -> its kaiming-normal init ->
+    BatchNorm1d weight ~ N(1, 0.02) -> Linear(512, C) default init -> its N(0, 0.001) init."""
+    torch.manual_seed(seed)
+    backbone = getattr(torchvision.models, arch)(weights=None)
+    backbone.fc = torch.nn.Sequential()
+    fc = torch.nn.Linear(backbone.inplanes, 512)
+    bn = torch.nn.BatchNorm1d(512)
+    torch.nn.init.kaiming_normal_(fc.weight.data, a=0, mode="fan_out")
+    torch.nn.init.constant_(fc.bias.data, 0.0)
+    torch.nn.init.normal_(bn.weight.data, 1.0, 0.02)
+    torch.nn.init.constant_(bn.bias.data, 0.0)
+    classifier = torch.nn.Linear(512, num_classes)
+    torch.nn.init.normal_(classifier.weight.data, std=0.001)
+    torch.nn.init.constant_(classifier.bias.data, 0.0)
+    return {"head.0.weight": fc.weight, "head.1.weight": bn.weight,
+            "classifier.weight": classifier.weight,
+            "backbone.conv1.weight": backbone.conv1.weight}
+
+
+def test_head_draws_its_random_numbers_in_the_released_order():
+    released = released_class_block(7, "resnet18", 11)
+    torch.manual_seed(7)
+    ours = dict(build_model("resnet18", 11, "none").named_parameters())
+    for name, value in released.items():
+        assert torch.equal(ours[name], value), name
+
+
 def test_paper_relu_head_option():
     net = build_model("resnet18", 5, "none", activation="relu")
     assert isinstance(net.head[2], torch.nn.ReLU)
