@@ -4,28 +4,34 @@ trained here or on a SLURM cluster, then turned into the paper-style table and f
     python reproduce.py --data_dir ../                       # the paper's grid, this machine
     python reproduce.py --data_dir ../ --datasets market --noise clean random:0.2 --seeds 1
     python reproduce.py --data_dir ../ --launcher slurm --partition gpu --time 720
+    python reproduce.py --data_dir ../ --launcher slurm --detach  # submit all, then --status
     python reproduce.py --dry_run                            # the plan and exact commands
     python reproduce.py --report                             # tables and figures only
     python reproduce.py --demo --output_dir grid_demo        # a tiny grid, minutes on a CPU
 
 Any other flag is a training flag and goes to every run (e.g. --epochs 30 --numerics
 released; CORE-only flags to CORE runs only). Rerunning the same command skips finished runs,
-resumes interrupted ones and never redoes finished work. Every invocation ends by writing
-OUTPUT_DIR/results.{md,csv,tex} and OUTPUT_DIR/curves_<dataset>.png.
+resumes interrupted ones and never redoes finished work (on SLURM it re-attaches to the jobs
+still queued or running). Every invocation ends by writing OUTPUT_DIR/results.{md,csv,tex} and
+OUTPUT_DIR/curves_<dataset>.png, and exits with status 1 if a run failed, was cancelled or is
+blocked. docs/slurm.md: running the grid on a SLURM cluster.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import shlex
+import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from methods import METHODS
-from core_reid.reproduction.launch import prepare_inputs, run_local, run_slurm
-from core_reid.reproduction.plan import describe_plan, expand, parse_noise
+from core_reid.reproduction.launch import SlurmLauncher, grid_status, prepare_inputs, run_local
+from core_reid.reproduction.plan import Run, describe_plan, expand, parse_noise
 from core_reid.reproduction.report import write_report
-from core_reid.utils import ArgumentParser, UserError, check_number, check_writable_folder, run_cli
+from core_reid.reproduction.slurm import check_request
+from core_reid.utils import (ArgumentParser, FolderLock, UserError, check_number,
+                             check_writable_folder, run_cli)
 
 # The paper's experiments (DESIGN.md): three datasets, clean labels and 10/20/30% random and
 # patterned noise, the three methods, three seeds.
@@ -38,6 +44,7 @@ DEMO = dict(datasets=["market"], noise=["random:0.5"], seeds=[1],
             train_flags=["--demo", "--img_size", "32", "16", "--epochs", "28", "--milestones",
                          "20", "25", "--stage1_epochs", "20", "--eval_every", "4",
                          "--pretrained", "synthetic"])
+UNFINISHED = ("failed", "blocked", "cancelled")  # outcomes that make the exit status 1
 GRID_FLAGS = ("--dataset", "--noise_ratio", "--pattern", "--pattern_model", "--seed",
               "--method", "--output_dir", "--run_name", "--resume")
 
@@ -66,6 +73,10 @@ def build_parser() -> ArgumentParser:
     a("--cpus_per_job", type=int, default=8, help="CPUs per SLURM job, for data loading")
     a("--slurm_local", action="store_true", help="run the slurm launcher's jobs through "
       "submitit's local executor (no cluster; to try the launcher)")
+    a("--detach", action="store_true", help="submit every run (SLURM enforces the order) and "
+      "exit; follow them with --status (--launcher slurm)")
+    a("--status", action="store_true", help="show each run: done, pending, running, failed, "
+      "cancelled, blocked, not started; train nothing")
     a("--dry_run", action="store_true", help="print the plan and the exact training commands; "
       "train nothing")
     a("--report", action="store_true", help="only write the tables and figures from the runs "
@@ -85,6 +96,9 @@ def parse(argv: Optional[Sequence[str]]):
     check_number("--time", cli.time, cli.time >= 1, ">= 1 (minutes)")
     check_number("--gpus_per_job", cli.gpus_per_job, cli.gpus_per_job >= 0, ">= 0")
     check_number("--cpus_per_job", cli.cpus_per_job, cli.cpus_per_job >= 1, ">= 1")
+    if cli.detach and (cli.launcher != "slurm" or cli.slurm_local):
+        raise UserError("--detach needs --launcher slurm (without --slurm_local): only a "
+                        "cluster runs the jobs once this command has exited")
     demo = DEMO if cli.demo else {}
     cli.datasets = cli.datasets or demo.get("datasets", PAPER_DATASETS)
     cli.noise = parse_noise(cli.noise or demo.get("noise", PAPER_NOISE))
@@ -93,10 +107,15 @@ def parse(argv: Optional[Sequence[str]]):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
+    """Plan, then train (or show, or report) the grid; returns each run's outcome."""
     cli, train_flags = parse(argv)
     grid_dir = Path(cli.output_dir).resolve()
     check_writable_folder("--output_dir", grid_dir)
     runs = expand(cli.datasets, cli.noise, cli.methods, cli.seeds, train_flags, grid_dir)
+    if cli.status:
+        for line in grid_status(runs, grid_dir):
+            print(line)
+        return {}
     for line in describe_plan(runs):
         print(line, flush=True)
     outcomes: dict[str, str] = {}
@@ -108,18 +127,34 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
             if all(run.status()[0] == "done" for run in runs):
                 print("every run is done: nothing to train")
             else:
-                prepare_inputs([run for run in runs if run.status()[0] != "done"])
-                launch = run_local if cli.launcher == "local" else (
-                    lambda r, g, c: run_slurm(r, g, c, cli.partition, cli.time,
-                                              cli.gpus_per_job, cli.cpus_per_job,
-                                              cli.slurm_local))
-                outcomes = launch(runs, grid_dir, os.getcwd())
+                outcomes = launch(cli, runs, grid_dir)
     finally:
         grid_dir.mkdir(parents=True, exist_ok=True)
         written = write_report(runs, grid_dir)
         print("report: " + ", ".join(str(p) for p in written), flush=True)
+    unfinished = [outcome for outcome in outcomes.values() if outcome in UNFINISHED]
+    if unfinished:
+        counts = {outcome: unfinished.count(outcome) for outcome in UNFINISHED}
+        print("not finished: " + ", ".join(f"{n} {outcome}" for outcome, n in counts.items()
+                                           if n) + " (see the lines above); rerun the same "
+              "command to retry them", flush=True)
     return outcomes
 
 
+def launch(cli: argparse.Namespace, runs: list[Run], grid_dir: Path) -> dict[str, str]:
+    """Train what is not done, one launcher per grid at a time; on SLURM, first ask whether the
+    cluster accepts the jobs' request, before anything is made for them."""
+    with FolderLock(grid_dir, "a launcher of this grid"):
+        if cli.launcher == "local":
+            prepare_inputs([run for run in runs if run.status()[0] != "done"])
+            return run_local(runs, grid_dir, os.getcwd())
+        if not cli.slurm_local:
+            check_request(cli.partition, cli.time, cli.gpus_per_job, cli.cpus_per_job)
+        prepare_inputs([run for run in runs if run.status()[0] != "done"])
+        return SlurmLauncher(runs, grid_dir, os.getcwd(), cli.partition, cli.time,
+                             cli.gpus_per_job, cli.cpus_per_job, cli.slurm_local
+                             ).run(cli.detach)
+
+
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(lambda: sys.exit(1 if set(main().values()) & set(UNFINISHED) else 0))

@@ -35,7 +35,7 @@ from core_reid.runs import (NOISE_FILE, EpochProgress, StopSignals, check_metric
                   checkpoint_labels, copy_checkpoint, discard_if_unfinished, init_peers_from,
                   load_for_resume, resolve_run, restore_peers, restore_rng_states, run_name,
                   save_checkpoint)
-from core_reid.utils import RunInterrupted, UserError
+from core_reid.utils import FolderLock, RunInterrupted, UserError
 
 # Queries in the ranked-list picture of each test (TensorBoard): the same ones every time.
 RANKED_LIST_QUERIES = 4
@@ -192,17 +192,21 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
     if args.demo:
         prepare_synthetic_data(Path(args.data_dir), args.workers)
     run_dir, ckpt = resolve_run(args, args.run_name or run_name(args))
-    state = load_for_resume(ckpt, args, method.name) if ckpt else None
-    if state is not None:
-        check_metrics_file(run_dir, state)
-    weights, pretrained = (initial_backbone(args, train) if state is None
-                           else (None, pretrained_record(args)))  # resumed: its own
-    data = load_data(args, device, numerics)
-    numerics = dataclasses.replace(numerics, data_path=data.data_path)
-    apply_tf32(numerics, device)
+    fresh = ckpt is None and not run_dir.exists()
+    # one writer per run folder, taken before any work so that a second one stops at once
+    with FolderLock(run_dir, "a training run"), discard_if_unfinished(run_dir, fresh):
+        if ckpt is None and (run_dir / "last.pt").is_file():
+            raise UserError(f"{run_dir}: another process wrote this run while this one "
+                            "started; rerun with --resume auto to continue it")
+        state = load_for_resume(ckpt, args, method.name) if ckpt else None
+        if state is not None:
+            check_metrics_file(run_dir, state)
+        weights, pretrained = (initial_backbone(args, train) if state is None
+                               else (None, pretrained_record(args)))  # resumed: its own
+        data = load_data(args, device, numerics)
+        numerics = dataclasses.replace(numerics, data_path=data.data_path)
+        apply_tf32(numerics, device)
 
-    fresh = state is None and not run_dir.exists()
-    with discard_if_unfinished(run_dir, fresh):
         # The noisy labels: drawn once, then carried by the checkpoints.
         labels = (checkpoint_labels(state, noise_meta(args)) if state is not None
                   else inject_noise(args, data, device))

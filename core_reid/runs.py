@@ -56,10 +56,11 @@ class EpochProgress:
 
 
 class StopSignals:
-    """While a run trains, SIGTERM and SIGUSR1 (a cluster's pre-emption or time-limit warning)
-    ask it to stop after the current step and save a resumable ``last.pt``, instead of dying."""
+    """While a run trains, SIGTERM, SIGUSR1 and SIGUSR2 (a cluster's pre-emption or time-limit
+    warning; submitit's jobs ask SLURM for USR2) ask it to stop after the current step and save a
+    resumable ``last.pt``, instead of dying."""
 
-    SIGNALS = ("SIGTERM", "SIGUSR1")
+    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
 
     def __init__(self) -> None:
         self.name: Optional[str] = None

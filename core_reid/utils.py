@@ -1,14 +1,17 @@
 """Small helpers shared by every script: user-facing errors, one-line argument errors, checks
-of paths and numbers, and atomic file writes."""
+of paths and numbers, atomic file writes with the user's umask, and folder locks."""
 from __future__ import annotations
 
 import argparse
+import fcntl
 import math
 import os
+import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 
 class UserError(Exception):
@@ -92,6 +95,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would hide results from others
     os.close(fd)
     try:
         write(tmp)
@@ -105,3 +109,77 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (Linux reports it in /proc; elsewhere it
+    is set and put back at once)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+class FolderLock:
+    """An exclusive lock on a folder, so that one process at a time writes it.
+
+    A POSIX record lock (``fcntl.lockf``) on ``<folder>/.lock``: the kernel drops it when its
+    holder dies (even by ``kill -9``), so a lock file left behind is never stale, and NFS
+    servers carry it to every client, so it holds across the nodes of a cluster. The holder
+    writes its host, pid and start time into the file, for the message a second writer gets (a
+    UserError). Locks are per process: the holder may take it again.
+    """
+
+    def __init__(self, folder: str | os.PathLike, what: str):
+        self.path = Path(folder) / ".lock"
+        self.what = what
+        self._file: Optional[Any] = None
+
+    def acquire(self) -> FolderLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while self._file is None:
+            file = open(self.path, "a+")
+            try:
+                fcntl.lockf(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                file.seek(0)
+                holder = file.read().strip() or "another process"
+                file.close()
+                raise UserError(f"{self.path.parent} is in use: {self.what} by {holder}; wait "
+                                "for it to end (or stop it) and try again") from None
+            try:  # the holder we waited for may have removed the file: lock the new one
+                same = os.stat(self.path).st_ino == os.fstat(file.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                file.close()
+                continue
+            file.seek(0)
+            file.truncate()
+            file.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                       f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            file.flush()
+            self._file = file
+        return self
+
+    def release(self) -> None:
+        """Remove the lock file (a folder is left as it was found), then drop the lock."""
+        if self._file is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:  # e.g. the folder was discarded
+                pass
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> FolderLock:
+        return self if self._file is not None else self.acquire()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.release()

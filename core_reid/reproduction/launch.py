@@ -1,16 +1,18 @@
 """Launchers: run the grid's training commands here (one per visible GPU at a time, one at a
 time on the CPU) or on a SLURM cluster through submitit. Both start a run only after the runs it
-needs are done, pass ``--resume auto`` so an interrupted run continues, and write each run's
-outcome to ``<grid>/status.json``.
+needs are done (on SLURM: SLURM's own ``--dependency=afterok``), pass ``--resume auto`` so an
+interrupted run continues, write each run's training output to ``<grid>/logs/<run>.log`` and
+its outcome (and SLURM job id) to ``<grid>/status.json``.
 
-A training script stopped by SIGTERM/SIGUSR1 saves ``last.pt`` and exits with
-``utils.EXIT_RESUMABLE``; on SLURM, submitit's pre-emption / time-out signal makes the job stop
-its training that way and requeue itself, so it continues where it stopped.
+A training script stopped by SIGTERM/SIGUSR1/SIGUSR2 saves ``last.pt`` and exits with
+``utils.EXIT_RESUMABLE``; on SLURM, submitit's pre-emption / time-limit signal (USR2) makes the
+job stop its training that way and requeue itself, so it continues where it stopped.
 """
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -21,15 +23,17 @@ import submitit
 
 from core_reid.engine import train
 from core_reid.pretraining import SYNTHETIC, describe_record, synthetic_backbone
-from core_reid.reproduction.plan import Run
+from core_reid.reproduction import slurm
+from core_reid.reproduction.plan import REPO, Run
 from core_reid.run_data import prepare_synthetic_data
-from core_reid.utils import EXIT_RESUMABLE, RunInterrupted, atomic_write_text
+from core_reid.utils import EXIT_RESUMABLE, RunInterrupted, UserError, atomic_write_text
 
 OUTCOME_OF_EXIT = {0: "done", EXIT_RESUMABLE: "interrupted"}
 
 
 class StatusFile:
-    """``<grid>/status.json``: each run's last outcome (done, failed, interrupted, blocked)."""
+    """``<grid>/status.json``: each run's last outcome (done, failed, interrupted, blocked,
+    cancelled, queued), with its SLURM job id and the reason of a failure."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -41,10 +45,19 @@ class StatusFile:
                 self.data = {}
 
     def set(self, run: Run, outcome: str, exit_code: Optional[int] = None,
-            log: Optional[Path] = None) -> None:
+            log: Optional[Path] = None, job_id: Optional[str] = None, reason: str = "") -> None:
         self.data[run.name] = {"outcome": outcome, "exit_code": exit_code,
-                               "log": str(log) if log else None}
+                               "log": str(log) if log else None, "job_id": job_id,
+                               "reason": reason}
         atomic_write_text(self.path, json.dumps(self.data, indent=1))
+
+    def job_id(self, run: Run) -> Optional[str]:
+        return self.data.get(run.name, {}).get("job_id")
+
+
+def run_log(grid_dir: Path, run: Run) -> Path:
+    """Where a run's training output goes, whichever the launcher (attempts are appended)."""
+    return grid_dir / "logs" / f"{run.name}.log"
 
 
 def prepare_inputs(runs: Sequence[Run]) -> None:
@@ -71,7 +84,7 @@ def visible_gpus() -> list[str]:
 
 def blocked_by(run: Run, outcomes: dict[str, str]) -> Optional[str]:
     return next((need for need in run.needs if outcomes.get(need) in
-                 ("failed", "blocked", "interrupted")), None)
+                 ("failed", "blocked", "interrupted", "cancelled")), None)
 
 
 def run_local(runs: Sequence[Run], grid_dir: Path, cwd: str) -> dict[str, str]:
@@ -121,7 +134,7 @@ def run_local(runs: Sequence[Run], grid_dir: Path, cwd: str) -> dict[str, str]:
                     if free == "busy":
                         break
                     pending.remove(run)
-                    log = grid_dir / "logs" / f"{run.name}.log"
+                    log = run_log(grid_dir, run)
                     log.parent.mkdir(parents=True, exist_ok=True)
                     env = dict(os.environ, PYTHONUNBUFFERED="1")
                     if free is not None:
@@ -142,61 +155,254 @@ def run_local(runs: Sequence[Run], grid_dir: Path, cwd: str) -> dict[str, str]:
     return outcomes
 
 
-class TrainingJob:
-    """What a SLURM job runs: one training command. On pre-emption or time-out submitit calls
-    ``checkpoint``: the training is stopped resumably and the job requeued with the same
-    command (which resumes with --resume auto)."""
+class TrainingFailed(Exception):
+    """A SLURM job's training exited with an error: the job ends FAILED, so that SLURM never
+    starts the runs that wait for it (``afterok``)."""
 
-    def __init__(self, command: list[str], cwd: str):
-        self.command, self.cwd = command, cwd
+
+class TrainingJob:
+    """What a SLURM job runs: one training command, its output appended to the run's log. At
+    the time limit or on pre-emption submitit calls ``checkpoint`` (in its USR2 handler): the
+    training saves and stops, and the job is requeued with the same command, which resumes
+    with --resume auto."""
+
+    def __init__(self, command: list[str], cwd: str, log: str):
+        self.command, self.cwd, self.log = command, cwd, log
         self.process: Optional[subprocess.Popen] = None
 
     def __call__(self) -> int:
-        self.process = subprocess.Popen(self.command, cwd=self.cwd)
-        return self.process.wait()
+        Path(self.log).parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "a") as out:
+            self.process = subprocess.Popen(self.command, cwd=self.cwd, stdout=out,
+                                            stderr=subprocess.STDOUT)
+        while self.process.poll() is None:  # not wait(): see checkpoint
+            time.sleep(0.5)
+        if self.process.returncode != 0:
+            raise TrainingFailed(f"the training exited with status {self.process.returncode}; "
+                                 f"see {self.log}")
+        return 0
 
-    def checkpoint(self) -> submitit.helpers.DelayedSubmission:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait()
-        return submitit.helpers.DelayedSubmission(TrainingJob(self.command, self.cwd))
+    def checkpoint(self) -> Optional[submitit.helpers.DelayedSubmission]:
+        """Stop the training resumably, wait for it to save, then requeue the job, unless the
+        training failed on its own. It runs in a signal handler that may have interrupted
+        ``__call__`` inside ``Popen.poll()``, which holds Popen's lock: so it waits with
+        ``os.waitid(WNOWAIT)``, which takes no lock and leaves the exit status to ``__call__``."""
+        process = self.process
+        code = None if process is None else process.returncode
+        if process is not None and code is None:
+            process.send_signal(signal.SIGTERM)  # SLURM's USR2 may have reached it already
+            try:
+                info = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
+                code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+            except ChildProcessError:  # __call__ collected it meanwhile
+                code = process.returncode
+        if code is not None and code > 0 and code != EXIT_RESUMABLE:
+            return None  # an error of its own: no requeue, the job fails
+        return submitit.helpers.DelayedSubmission(TrainingJob(self.command, self.cwd, self.log))
 
     def __getstate__(self) -> dict:  # a running process does not travel with the job
-        return {"command": self.command, "cwd": self.cwd, "process": None}
+        return {"command": self.command, "cwd": self.cwd, "log": self.log, "process": None}
 
 
-def run_slurm(runs: Sequence[Run], grid_dir: Path, cwd: str, partition: Optional[str],
-              time_min: int, gpus: int, cpus: int, local: bool = False) -> dict[str, str]:
-    """Submit what is not done through submitit, dependencies first (wave by wave), one job per
-    run, and wait for the jobs. ``local``: submitit's local executor (no cluster needed)."""
+def ended_outcome(run: Run, state: slurm.JobState) -> str:
+    """A job that ended: its run is done (whatever SLURM's state), cancelled or failed."""
+    if run.status()[0] == "done":
+        return "done"
+    return "cancelled" if state.state == "CANCELLED" else "failed"
+
+
+def last_line(path: Path) -> str:
+    """The last non-empty line of a log (a training's error, a traceback's last line)."""
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines()
+                 if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+class SlurmLauncher:
+    """Submits the grid's runs as submitit jobs named after the runs, the runs that need
+    others with SLURM's ``--dependency=afterok`` (submitit's local executor, which has no
+    dependencies: once those are done), and watches them until each has truly ended: a
+    requeued job is the same job, PENDING again. Each run's job id goes to status.json, so
+    that a later launcher re-attaches to a job still queued or running instead of submitting
+    the run twice."""
+
+    POLL_S = 3.0
+
+    def __init__(self, runs: Sequence[Run], grid_dir: Path, cwd: str,
+                 partition: Optional[str], time_min: int, gpus: int, cpus: int, local: bool):
+        self.runs, self.grid_dir, self.cwd, self.local = runs, grid_dir, cwd, local
+        self.status = StatusFile(grid_dir / "status.json")
+        self.executor = submitit.AutoExecutor(folder=grid_dir / "slurm",
+                                              cluster="local" if local else "slurm")
+        # the job's Python unpickles a TrainingJob: it must find core_reid wherever it starts
+        path = f"export PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}"
+        self.executor.update_parameters(
+            timeout_min=time_min, gpus_per_node=gpus, cpus_per_task=cpus,
+            slurm_setup=[path], local_setup=[path],
+            **({} if local or partition is None else {"slurm_partition": partition}))
+        self.outcomes = {run.name: "done" for run in runs if run.status()[0] == "done"}
+        self.jobs: dict[str, str] = {}  # run name -> id of its job being watched
+        self.local_jobs: dict[str, submitit.Job] = {}
+
+    def states(self) -> dict[str, slurm.JobState]:
+        if not self.local:
+            return slurm.job_states(self.jobs.values())
+        return {job.job_id: slurm.JobState("RUNNING") if not job.done() else
+                slurm.JobState("COMPLETED" if job.exception() is None else "FAILED")
+                for job in self.local_jobs.values()}
+
+    def attach(self) -> None:
+        """Watch the jobs an earlier launcher submitted that SLURM still holds."""
+        recorded = {run.name: self.status.job_id(run) for run in self.runs
+                    if run.name not in self.outcomes and self.status.job_id(run)}
+        if self.local or not recorded:
+            return
+        live = slurm.job_states(recorded.values())
+        for run in self.runs:
+            state = live.get(recorded.get(run.name, ""))
+            if state is not None and state.active:
+                self.jobs[run.name] = recorded[run.name]
+                print(f"[attached] {run.name}: job {recorded[run.name]} "
+                      f"({state.describe()})", flush=True)
+
+    def settle(self, run: Run, outcome: str, job_id: Optional[str] = None,
+               detail: str = "") -> None:
+        """Record a run's outcome and print it, one line."""
+        self.outcomes[run.name] = outcome
+        self.jobs.pop(run.name, None)
+        log = run_log(self.grid_dir, run)
+        self.status.set(run, outcome, log=log, job_id=job_id, reason=detail)
+        where = f" (job {job_id})" if job_id else ""
+        if outcome == "failed":
+            print(f"[failed] {run.name}{where}: {detail}; log: {log}", flush=True)
+        else:
+            print(f"[{outcome}] {run.name}{where}" + (f": {detail}" if detail else ""),
+                  flush=True)
+
+    def submit_ready(self) -> None:
+        """Submit every run not yet submitted whose needs are done or (on SLURM) submitted;
+        a run whose need did not finish is blocked."""
+        for run in self.runs:
+            if run.name in self.outcomes or run.name in self.jobs:
+                continue
+            blocker = blocked_by(run, self.outcomes)
+            if blocker:
+                self.settle(run, "blocked", detail=f"needs {blocker}, which is "
+                            f"{self.outcomes[blocker]}")
+                continue
+            waits = [self.jobs[need] for need in run.needs if need in self.jobs]
+            if not all(self.outcomes.get(need) == "done" or need in self.jobs
+                       for need in run.needs) or (waits and self.local):
+                continue
+            self.submit(run, waits)
+
+    def submit(self, run: Run, waits: list[str]) -> None:
+        extra = {"dependency": "afterok:" + ":".join(waits)} if waits else {}
+        self.executor.update_parameters(name=run.name, slurm_additional_parameters=extra)
+        log = run_log(self.grid_dir, run)
+        try:
+            job = self.executor.submit(TrainingJob(run.command(), self.cwd, str(log)))
+        except Exception as err:  # sbatch refused (the check before passed: a changed cluster)
+            for leftover in (self.grid_dir / "slurm").glob(".submission_file_*"):
+                leftover.unlink()
+            raise UserError(f"SLURM refused the job of {run.name}: "
+                            f"{[line for line in str(err).splitlines() if line.strip()][-1]}"
+                            ) from None
+        self.jobs[run.name] = job.job_id
+        if self.local:
+            self.local_jobs[run.name] = job
+        else:
+            self.status.set(run, "queued", log=log, job_id=job.job_id)
+        print(f"[submitted] {run.name}: job {job.job_id}" +
+              (f" (after job {', '.join(waits)})" if waits else ""), flush=True)
+
+    def watch_once(self) -> None:
+        """One look at the watched jobs: settle those that ended, stop waiting for those that
+        can never start or wait for a run that did not finish."""
+        states = self.states()
+        for run in self.runs:
+            job_id = self.jobs.get(run.name)
+            state = states.get(job_id or "")
+            if state is None:  # not yet known to sacct
+                continue
+            if state.active:
+                blocker = blocked_by(run, self.outcomes)
+                if state.reason in slurm.NEVER_STARTS:
+                    slurm.cancel([job_id])
+                    self.settle(run, "failed", job_id, f"SLURM will never start it "
+                                f"(Reason={state.reason}); cancelled it: change --partition, "
+                                "--cpus_per_job, --gpus_per_job or --time")
+                elif blocker or state.reason == slurm.BLOCKED:
+                    slurm.cancel([job_id])
+                    self.settle(run, "blocked", job_id,
+                                f"needs {blocker or ' '.join(run.needs)}, which did not finish")
+                continue
+            outcome = ended_outcome(run, state)
+            detail = "" if outcome == "done" else state.describe() + (
+                f"; {last_line(run_log(self.grid_dir, run))}" if outcome == "failed" else "")
+            self.settle(run, outcome, job_id, detail)
+
+    def run(self, detach: bool) -> dict[str, str]:
+        """Submit (and, unless ``detach``, watch until every job ended); SIGHUP, SIGTERM and
+        Ctrl-C stop the watching only: the jobs stay queued, and the message says how to
+        cancel them."""
+        self.attach()
+        if detach:
+            self.submit_ready()
+            queued = {name: "queued" for name in self.jobs}
+            print(f"{len(self.jobs)} jobs queued on SLURM: follow them with --status, write "
+                  "the tables with --report (both with this command's other flags)", flush=True)
+            return {**self.outcomes, **queued}
+        stop: list[int] = []
+        previous = {sig: signal.signal(sig, lambda signum, _: stop.append(signum))
+                    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
+        try:
+            while True:
+                self.submit_ready()
+                if not self.jobs or stop:
+                    break
+                time.sleep(self.POLL_S)
+                self.watch_once()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if stop:
+            ids = " ".join(self.jobs.values())
+            where = ("; cancel them with: scancel " + ids) if not self.local else ""
+            raise RunInterrupted(f"stopped watching on {signal.Signals(stop[0]).name}; "
+                                 f"{len(self.jobs)} jobs still queued or running, which "
+                                 f"continue: {ids}; follow them with --status{where}")
+        return self.outcomes
+
+
+def grid_status(runs: Sequence[Run], grid_dir: Path) -> list[str]:
+    """One line per run: done, queued/pending/running (with SLURM's reason), failed,
+    cancelled, blocked, interrupted or not started, from the run folders, status.json and
+    SLURM."""
     status = StatusFile(grid_dir / "status.json")
-    executor = submitit.AutoExecutor(folder=grid_dir / "slurm" / "%j",
-                                     cluster="local" if local else "slurm")
-    executor.update_parameters(timeout_min=time_min, gpus_per_node=gpus, cpus_per_task=cpus,
-                               name="core-reid", **({} if local or partition is None else
-                                                    {"slurm_partition": partition}))
-    outcomes = {run.name: "done" for run in runs if run.status()[0] == "done"}
-    waves = sorted({len(run.needs) for run in runs})
-    for wave in waves:
-        jobs = []
-        for run in runs:
-            if len(run.needs) != wave or run.name in outcomes:
-                continue
-            blocker = blocked_by(run, outcomes)
-            if blocker or not all(outcomes.get(need) == "done" for need in run.needs):
-                outcomes[run.name] = "blocked"
-                status.set(run, "blocked")
-                continue
-            job = executor.submit(TrainingJob(run.command(), cwd))
-            print(f"[submitted] {run.name}: job {job.job_id}", flush=True)
-            jobs.append((run, job))
-        for run, job in jobs:
-            try:
-                code = job.result()
-            except Exception as err:  # the job itself failed (node failure, cancelled, ...)
-                print(f"[failed] {run.name}: {type(err).__name__}", flush=True)
-                code = -1
-            outcomes[run.name] = OUTCOME_OF_EXIT.get(code, "failed")
-            status.set(run, outcomes[run.name], code, Path(job.paths.stdout))
-            print(f"[{outcomes[run.name]}] {run.name}", flush=True)
-    return outcomes
+    ids = {run.name: status.job_id(run) for run in runs if status.job_id(run)}
+    states = slurm.job_states(ids.values()) if ids else {}
+    lines = []
+    for run in runs:
+        state = states.get(ids.get(run.name, ""))
+        recorded = status.data.get(run.name, {})
+        job = f"job {ids[run.name]}" if run.name in ids else ""
+        if run.status()[0] == "done":
+            what, detail = "done", ""
+        elif state is not None and state.active:
+            what, detail = state.state.lower(), job + (
+                f": {state.reason}" if state.reason not in ("", "None") else "")
+        elif state is not None:
+            what = ended_outcome(run, state)
+            detail = f"{job}: {state.describe()}; log: {run_log(grid_dir, run)}"
+        elif recorded.get("outcome") in ("failed", "blocked", "cancelled"):
+            what, detail = recorded["outcome"], recorded.get("reason", "")
+        else:
+            state_now, finished = run.status()
+            what = "interrupted" if state_now == "partial" else "not started"
+            detail = f"{finished}/{run.args.epochs} epochs" if finished else ""
+        lines.append(f"{what:<12} {run.name}" + (f" ({detail})" if detail else ""))
+    return lines

@@ -50,7 +50,7 @@ def run_state(run: Run, outcomes: dict[str, dict]) -> str:
     if state == "done":
         return "done"
     outcome = outcomes.get(run.name, {}).get("outcome")
-    if outcome in ("failed", "blocked"):
+    if outcome in ("failed", "blocked", "cancelled", "queued"):
         return outcome
     return f"interrupted at {finished}/{run.args.epochs} epochs" if state == "partial" \
         else "missing"

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# A real single-node SLURM 22.05 for the test suite (Debian packages slurm-wlm, munge, slurmdbd,
+# mariadb-server), as root and without systemd: munged, MariaDB (accounting, which sacct needs),
+# slurmdbd, slurmctld and slurmd, each started only if it is not already running, so running this
+# twice is harmless. Partitions: debug (default), low (pre-emptible: REQUEUE after a 120 s grace
+# time) and high (pre-empts low). Daemon pids go to $SLURM_STATE/pids; stop.sh stops them.
+set -euo pipefail
+STATE=${SLURM_STATE:-/tmp/core-reid-slurm}
+PIDS=$STATE/pids
+mkdir -p "$PIDS"
+[ "$(id -u)" = 0 ] || { echo "start.sh: starting SLURM needs root" >&2; exit 1; }
+if ! command -v slurmctld >/dev/null || ! command -v mariadbd >/dev/null; then
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge slurmdbd mariadb-server
+fi
+running() { [ -s "$PIDS/$1" ] && kill -0 "$(cat "$PIDS/$1")" 2>/dev/null; }
+wait_for() {  # wait_for SECONDS COMMAND...: until COMMAND succeeds
+    local seconds=$1; shift
+    for _ in $(seq "$seconds"); do "$@" >/dev/null 2>&1 && return 0; sleep 1; done
+    echo "start.sh: gave up waiting for: $*" >&2; return 1
+}
+
+# munge: the authentication every SLURM daemon and client uses
+install -d -o munge -g munge /run/munge /var/log/munge /var/lib/munge
+chmod 755 /run/munge
+if [ ! -s /etc/munge/munge.key ]; then
+    head -c 1024 /dev/urandom > /etc/munge/munge.key
+    chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
+fi
+if ! (munge -n | unmunge) >/dev/null 2>&1; then
+    runuser -u munge -- /usr/sbin/munged
+    wait_for 10 sh -c 'munge -n | unmunge'
+    cp /run/munge/munged.pid "$PIDS/munged"
+fi
+
+# MariaDB with the accounting database
+install -d -o mysql -g mysql /run/mysqld
+if ! mysqladmin ping >/dev/null 2>&1; then
+    [ -d /var/lib/mysql/mysql ] || mariadb-install-db --user=mysql >/dev/null
+    runuser -u mysql -- /usr/sbin/mariadbd --pid-file=/run/mysqld/mysqld.pid \
+        > "$STATE/mariadb.log" 2>&1 &
+    wait_for 30 mysqladmin ping
+    cp /run/mysqld/mysqld.pid "$PIDS/mariadbd"
+fi
+mysql -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
+    CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurm';
+    GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
+
+# configuration (rewritten each time: the node's name and CPU count are this machine's)
+install -d -o slurm -g slurm /var/spool/slurmctld /var/log/slurm /run/slurm
+install -d /var/spool/slurmd /etc/slurm
+umask 077
+cat > /etc/slurm/slurmdbd.conf <<CONF
+AuthType=auth/munge
+DbdHost=localhost
+SlurmUser=slurm
+LogFile=/var/log/slurm/slurmdbd.log
+PidFile=/run/slurm/slurmdbd.pid
+StorageType=accounting_storage/mysql
+StorageHost=localhost
+StorageUser=slurm
+StoragePass=slurm
+StorageLoc=slurm_acct_db
+CONF
+chown slurm:slurm /etc/slurm/slurmdbd.conf
+umask 022
+NODE=$(hostname)
+# 22.05: no cgroup.conf (proctrack/linuxproc and task/none need no cgroups); the job's own
+# --signal is sent at pre-emption only with preempt_send_user_signal.
+cat > /etc/slurm/slurm.conf <<CONF
+ClusterName=corereid
+SlurmctldHost=$NODE
+SlurmUser=slurm
+AuthType=auth/munge
+StateSaveLocation=/var/spool/slurmctld
+SlurmdSpoolDir=/var/spool/slurmd
+SlurmctldPidFile=/run/slurm/slurmctld.pid
+SlurmdPidFile=/run/slurm/slurmd.pid
+SlurmctldLogFile=/var/log/slurm/slurmctld.log
+SlurmdLogFile=/var/log/slurm/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=5
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+ReturnToService=2
+MpiDefault=none
+KillWait=30
+MinJobAge=300
+JobRequeue=1
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+JobAcctGatherType=jobacct_gather/linux
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+SlurmctldParameters=preempt_send_user_signal
+NodeName=$NODE CPUs=$(nproc) RealMemory=$(( $(free -m | awk '/^Mem:/ {print $2}') * 8 / 10 )) State=UNKNOWN
+PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP PriorityTier=1
+PartitionName=low Nodes=$NODE MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=120
+PartitionName=high Nodes=$NODE MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
+CONF
+rm -f /etc/slurm/cgroup.conf
+
+for daemon in slurmdbd slurmctld slurmd; do
+    if ! running "$daemon"; then
+        "$daemon"
+        wait_for 20 test -s "/run/slurm/$daemon.pid"
+        sleep 2
+        cp "/run/slurm/$daemon.pid" "$PIDS/$daemon"
+    fi
+done
+wait_for 60 sh -c 'sinfo -h -o %T | grep -qx idle'
+sinfo
