@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 import reproduce
-from core_reid.reproduction.launch import TrainingJob
+from core_reid.reproduction.launch import TrainingFailed, TrainingJob
 from core_reid.reproduction.plan import NoiseSetting, expand, parse_noise
 from core_reid.utils import EXIT_RESUMABLE, UserError
 
@@ -160,7 +160,8 @@ def test_slurm_launcher_through_submitits_local_executor(data_dir, finished_grid
     expected = [r for r in read_csv(finished_grid[0] / "results.csv")
                 if (r["noise"], r["method"]) == ("random 0.5", "baseline")]
     assert read_csv(out / "results.csv") == expected  # the same run, the same numbers
-    assert list((out / "slurm").glob("*/*_log.out"))
+    assert list((out / "slurm").glob("*_log.out")) and not (out / "slurm" / "%j").exists()
+    assert "epoch 0/" in (out / "logs" / f"{next(iter(outcomes))}.log").read_text()
 
 
 def test_a_preempted_job_stops_its_run_and_requeues_it(data_dir, tmp_path):
@@ -168,9 +169,15 @@ def test_a_preempted_job_stops_its_run_and_requeues_it(data_dir, tmp_path):
     returns the same job, which continues the run to its end."""
     runs = expand(["market"], [NoiseSetting("random", 0.5)], ["baseline"], [1],
                   ["--data_dir", str(data_dir), *TRAIN, "--batchsize", "2"], tmp_path)
-    job = TrainingJob(runs[0].command(), str(REPO))
-    codes = []
-    worker = threading.Thread(target=lambda: codes.append(job()))
+    job = TrainingJob(runs[0].command(), str(REPO), str(tmp_path / "job.log"))
+    errors = []
+
+    def call() -> None:
+        try:
+            job()
+        except TrainingFailed as err:
+            errors.append(str(err))
+    worker = threading.Thread(target=call)
     worker.start()
     log = runs[0].run_dir / "train.log"
     deadline = time.time() + 300
@@ -179,7 +186,7 @@ def test_a_preempted_job_stops_its_run_and_requeues_it(data_dir, tmp_path):
         time.sleep(0.05)
     requeued = job.checkpoint()
     worker.join(timeout=300)
-    assert codes == [EXIT_RESUMABLE]
+    assert errors == [f"the training exited with status {EXIT_RESUMABLE}; see {job.log}"]
     assert requeued.function() == 0  # the requeued job resumes and finishes
     assert "resuming" in log.read_text() and runs[0].status()[0] == "done"
 

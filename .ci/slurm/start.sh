@@ -3,7 +3,7 @@
 # mariadb-server), as root and without systemd: munged, MariaDB (accounting, which sacct needs),
 # slurmdbd, slurmctld and slurmd, each started only if it is not already running, so running this
 # twice is harmless. Partitions: debug (default), low (pre-emptible: REQUEUE after a 120 s grace
-# time) and high (pre-empts low). Daemon pids go to $SLURM_STATE/pids; stop.sh stops them.
+# time), high (pre-empts low) and short (1-minute limit: a longer job waits there forever). Daemon pids go to $SLURM_STATE/pids; stop.sh stops them.
 set -euo pipefail
 STATE=${SLURM_STATE:-/tmp/core-reid-slurm}
 PIDS=$STATE/pids
@@ -65,9 +65,10 @@ CONF
 chown slurm:slurm /etc/slurm/slurmdbd.conf
 umask 022
 NODE=$(hostname)
+# cred_expire: a requeued job waits this long before it starts again (default 120 s).
 # 22.05: no cgroup.conf (proctrack/linuxproc and task/none need no cgroups); the job's own
 # --signal is sent at pre-emption only with preempt_send_user_signal.
-cat > /etc/slurm/slurm.conf <<CONF
+cat > "$STATE/slurm.conf" <<CONF
 ClusterName=corereid
 SlurmctldHost=$NODE
 SlurmUser=slurm
@@ -81,7 +82,8 @@ SlurmdLogFile=/var/log/slurm/slurmd.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SchedulerType=sched/backfill
-SchedulerParameters=sched_interval=5
+SchedulerParameters=sched_interval=5,bf_interval=5
+AuthInfo=cred_expire=30
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 ReturnToService=2
@@ -99,8 +101,19 @@ NodeName=$NODE CPUs=$(nproc) RealMemory=$(( $(free -m | awk '/^Mem:/ {print $2}'
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP PriorityTier=1
 PartitionName=low Nodes=$NODE MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=120
 PartitionName=high Nodes=$NODE MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
+PartitionName=short Nodes=$NODE MaxTime=1 State=UP PriorityTier=1
 CONF
 rm -f /etc/slurm/cgroup.conf
+if ! cmp -s "$STATE/slurm.conf" /etc/slurm/slurm.conf; then  # a new configuration: restart
+    cp "$STATE/slurm.conf" /etc/slurm/slurm.conf
+    for daemon in slurmd slurmctld; do
+        if running "$daemon"; then
+            kill "$(cat "$PIDS/$daemon")"
+            wait_for 30 sh -c "! kill -0 $(cat "$PIDS/$daemon")"
+            rm -f "$PIDS/$daemon"
+        fi
+    done
+fi
 
 for daemon in slurmdbd slurmctld slurmd; do
     if ! running "$daemon"; then

@@ -20,6 +20,7 @@ NEVER_STARTS = {"PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit",
                 "BadConstraints", "InvalidAccount", "InvalidQOS", "AccountNotAllowed",
                 "QOSNotAllowed"}
 BLOCKED = "DependencyNeverSatisfied"  # a job it waits for (afterok) did not succeed
+UNREACHABLE = "Unable to contact slurm controller"
 TIMEOUT_S = 60  # a SLURM command that takes longer: the controller is not answering
 
 
@@ -55,8 +56,11 @@ def slurm_command(argv: list[str]) -> str:
     if done.returncode != 0:
         lines = [line.strip() for line in (done.stderr + done.stdout).splitlines()
                  if line.strip()]
-        raise UserError(f"SLURM refused {' '.join(argv[:2])}: "
-                        f"{lines[0] if lines else f'exit status {done.returncode}'}")
+        said = lines[0] if lines else f"exit status {done.returncode}"
+        if UNREACHABLE in said:
+            raise UserError(f"{argv[0]} cannot reach the SLURM controller ({said}); check that "
+                            "slurmctld runs (sinfo) and try again")
+        raise UserError(f"SLURM refused {' '.join(argv[:2])}: {said}")
     return done.stdout
 
 
@@ -70,6 +74,8 @@ def check_request(partition: Optional[str], time_min: int, gpus: int, cpus: int)
     try:
         slurm_command(argv)
     except UserError as err:
+        if UNREACHABLE in str(err):
+            raise
         flags = f"--cpus_per_job {cpus} --gpus_per_job {gpus} --time {time_min}" + (
             f" --partition {partition}" if partition else "")
         raise UserError(f"{err} (the jobs' request: {flags}; see sinfo for what the cluster "
