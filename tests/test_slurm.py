@@ -142,7 +142,7 @@ def test_one_job_per_run_detach_status_requeue_and_a_stopped_launcher(
     """--detach submits and exits; a second launcher re-attaches instead of submitting again;
     ``scontrol requeue`` does not end the watching; SIGHUP stops the launcher (the job goes on,
     the message says how to cancel it); the next launcher re-attaches and sees it finish."""
-    out = tmp_path / "grid"
+    out, since = tmp_path / "grid", time.strftime("%Y-%m-%dT%H:%M:%S")
     argv = grid(data_dir, out, "random:0.5")
     detached = reproduce(tmp_path, *argv, "--detach")
     assert detached.returncode == 0, detached.stdout + detached.stderr
@@ -174,7 +174,7 @@ def test_one_job_per_run_detach_status_requeue_and_a_stopped_launcher(
     assert f"[done] {name} (job {job})" in final.stdout
     assert "resuming" in log.read_text()
     accounted = subprocess.run(["sacct", "-n", "-X", "-P", "--name", name, "-o", "JobIDRaw",
-                                "-S", "now-1hours"], capture_output=True, text=True).stdout
+                                "-S", since], capture_output=True, text=True).stdout
     assert accounted.split() == [job]  # one job for the run, ever
 
 
