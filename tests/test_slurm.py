@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from core_reid.reproduction.plan import NoiseSetting, expand
+from core_reid.reproduction.plan import NoiseSetting, Run, expand
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["--arch", "resnet18", "--pretrained", "none", "--img_size", "32", "16",
@@ -85,6 +85,11 @@ def history(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in entry.items() if k not in TIMING_KEYS} for entry in entries]
 
 
+def status_job(out: Path, run: Run) -> str:
+    """The job id status.json records for ``run``."""
+    return json.loads((out / "status.json").read_text())[run.name]["job_id"]
+
+
 def one_error_line(done: subprocess.CompletedProcess, message: str) -> None:
     assert done.returncode == 2, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
@@ -92,54 +97,46 @@ def one_error_line(done: subprocess.CompletedProcess, message: str) -> None:
     assert message in lines[0], lines[0]
 
 
-def test_a_grid_runs_from_any_folder_and_a_usr2_requeues_without_losing_work(
+def test_a_run_submitted_from_any_folder_survives_a_usr2_without_losing_work(
         cluster, data_dir, tmp_path):
-    """From a folder outside the repository: the clean baseline and the patterned run that
-    needs it (SLURM's afterok), jobs named after their runs; ``scancel --signal=USR2`` (what
-    SLURM sends before a time limit or at pre-emption) makes the running job save, requeue
-    itself and finish with the history of an uninterrupted run; files follow the umask."""
+    """From a folder outside the repository, a job named after its run; ``scancel
+    --signal=USR2`` (what SLURM sends before a time limit or at pre-emption) makes the running
+    job save, requeue itself and finish with the history of an uninterrupted run; the
+    launcher watches it to the end; files follow the umask."""
     out, elsewhere = tmp_path / "grid", tmp_path / "elsewhere"
     elsewhere.mkdir()
-    argv = grid(data_dir, out, "pattern:0.5", "--batchsize", "2")
+    argv = grid(data_dir, out, "random:0.5")
     launcher = reproduce(elsewhere, *argv, wait=False)
-    runs = expand(["market"], [NoiseSetting("pattern", 0.5)], ["baseline"], [1],
-                  ["--data_dir", str(data_dir), *TRAIN, "--batchsize", "2"], tmp_path / "ref")
-    clean, patterned = runs
-    reference = subprocess.Popen(clean.command(), cwd=elsewhere, stdout=subprocess.DEVNULL,
+    run, = expand(["market"], [NoiseSetting("random", 0.5)], ["baseline"], [1],
+                  ["--data_dir", str(data_dir), *TRAIN], tmp_path / "ref")
+    reference = subprocess.Popen(run.command(), cwd=elsewhere, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.STDOUT)  # the same run, never interrupted
 
-    wait_until(lambda: len(squeue("%i")) == 2, "two jobs", 120)
-    names = {name: (job, dependency) for job, name, dependency in squeue("%i", "%j", "%E")}
-    assert set(names) == {clean.name, patterned.name}  # job names are run names
-    clean_job = names[clean.name][0]
-    assert names[patterned.name][1].startswith(f"afterok:{clean_job}")
-
-    log = out / "logs" / f"{clean.name}.log"
+    wait_until(lambda: squeue("%j") == [[run.name]], "the job", 120)  # named after its run
+    (job,), = squeue("%i")
+    log = out / "logs" / f"{run.name}.log"
     wait_until(lambda: log.is_file() and "epoch 0/" in log.read_text(), "the first epoch")
-    subprocess.run(["scancel", "--signal=USR2", clean_job], check=True)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
     stdout, stderr = launcher.communicate(timeout=900)
     assert launcher.returncode == 0, stdout + stderr
     assert reference.wait(timeout=600) == 0
     text = log.read_text()
     assert "stopped by" in text and "resuming at epoch 1" in text, text
-    assert f"[done] {clean.name} (job {clean_job})" in stdout
+    assert f"[done] {run.name} (job {job})" in stdout
     assert "[interrupted]" not in stdout and "Traceback" not in stdout + stderr
-    assert history(out / "runs" / clean.name) == history(clean.run_dir)
-    assert (out / "runs" / patterned.name / "metrics.json").is_file()
+    assert history(out / "runs" / run.name) == history(run.run_dir)
 
     status = json.loads((out / "status.json").read_text())
-    assert status[clean.name]["job_id"] == clean_job and status[clean.name]["outcome"] == "done"
-    for path in (out / "runs" / clean.name / "metrics.json", out / "runs" / clean.name /
+    assert status[run.name]["job_id"] == job and status[run.name]["outcome"] == "done"
+    for path in (out / "runs" / run.name / "metrics.json", out / "runs" / run.name /
                  "last.pt", out / "results.md", out / "status.json"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
     assert not list((out / "slurm").glob("%j")) and not list(out.rglob(".lock"))
-    shown = reproduce(elsewhere, *argv, "--status")
-    assert [line.split()[0] for line in shown.stdout.splitlines()] == ["done", "done"]
 
 
 def test_one_job_per_run_detach_status_requeue_and_a_stopped_launcher(
         cluster, data_dir, tmp_path):
-    """--detach submits and exits; a second launcher re-attaches instead of submitting again;
+    """--detach submits and exits; the next launcher re-attaches instead of submitting again;
     ``scontrol requeue`` does not end the watching; SIGHUP stops the launcher (the job goes on,
     the message says how to cancel it); the next launcher re-attaches and sees it finish."""
     out, since = tmp_path / "grid", time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -150,9 +147,6 @@ def test_one_job_per_run_detach_status_requeue_and_a_stopped_launcher(
     assert "[submitted]" in detached.stdout and "1 jobs queued on SLURM" in detached.stdout
     shown = reproduce(tmp_path, *argv, "--status").stdout
     assert re.match(rf"(pending|running) +{name} \(job {job}", shown), shown
-
-    again = reproduce(tmp_path, *argv, "--detach")
-    assert f"[attached] {name}: job {job}" in again.stdout and "[submitted]" not in again.stdout
 
     launcher = reproduce(tmp_path, *argv, wait=False)
     log = out / "logs" / f"{name}.log"
@@ -181,7 +175,8 @@ def test_one_job_per_run_detach_status_requeue_and_a_stopped_launcher(
 def test_a_failed_run_blocks_its_dependents_and_the_exit_status_says_so(
         cluster, data_dir, tmp_path):
     """The clean baseline fails (its checkpoint is damaged): one line with SLURM's state, the
-    training's last line and the log; the patterned run is blocked; exit status 1."""
+    training's last line and the log; the patterned run, submitted with afterok on it, is
+    blocked (cancelled by the launcher); exit status 1."""
     out = tmp_path / "grid"
     argv = grid(data_dir, out, "pattern:0.5")
     runs = expand(["market"], [NoiseSetting("pattern", 0.5)], ["baseline"], [1],
@@ -195,6 +190,8 @@ def test_a_failed_run_blocks_its_dependents_and_the_exit_status_says_so(
     assert "FAILED, exit 1:0" in failed[0] and "damaged or truncated" in failed[0]
     assert f"log: {out / 'logs' / runs[0].name}.log" in failed[0]
     assert f"[blocked] {runs[1].name}" in done.stdout
+    submitted = (out / "slurm" / f"{status_job(out, runs[1])}_submission.sh").read_text()
+    assert f"#SBATCH --dependency=afterok:{status_job(out, runs[0])}\n" in submitted
     assert "not finished: 1 failed, 1 blocked" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr and not squeue("%i")
     status = json.loads((out / "status.json").read_text())

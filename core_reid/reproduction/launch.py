@@ -307,10 +307,11 @@ class SlurmLauncher:
             job = self.executor.submit(TrainingJob(run.command(), self.cwd, str(log)))
         except Exception as err:  # sbatch refused (the check before passed: a changed cluster)
             for leftover in (self.grid_dir / "slurm").glob(".submission_file_*"):
-                leftover.unlink()
+                if not leftover.is_symlink():  # a symlink stands for a submitted job's script
+                    leftover.unlink()
+            said = [line.strip() for line in str(err).splitlines() if line.strip()]
             raise UserError(f"SLURM refused the job of {run.name}: "
-                            f"{[line for line in str(err).splitlines() if line.strip()][-1]}"
-                            ) from None
+                            f"{said[-1] if said else type(err).__name__}") from None
         self.jobs[run.name] = job.job_id
         if self.local:
             self.local_jobs[run.name] = job
