@@ -123,5 +123,5 @@ for daemon in slurmdbd slurmctld slurmd; do
         cp "/run/slurm/$daemon.pid" "$PIDS/$daemon"
     fi
 done
-wait_for 60 sh -c 'sinfo -h -o %T | grep -qx idle'
+wait_for 60 sh -c 'sinfo -h -o %T | grep -qE "^(idle|mixed|allocated|completing)"'  # up (busy or not)
 sinfo
