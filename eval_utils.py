@@ -55,7 +55,7 @@ def scoring_identities(pids: np.ndarray, camids: np.ndarray, class_names: list[s
     released CORE evaluation ends up using on the common layout — the identity from the folder
     name, a "camera" made from the file name's first and third fields (so same-camera matches
     are not removed) and junk counted as a negative. Offered only to explain its optimistic
-    numbers; see the README.
+    numbers; see docs/evaluation.md.
     """
     if protocol == "standard":
         return pids, camids

@@ -1,6 +1,6 @@
 """What each method adds to the shared loop: how many networks, which loss in which epoch,
 SELF's weight lambda and CORE's stage switch. The formulas themselves are in losses.py, the
-loop in engine.py.
+loop in core_reid/engine.py.
 
 - baseline: one network, cross-entropy on the noisy labels.
 - SELF: one network, ``-(1 - lam) log p[y] - lam log max p``; lam = 1 / (1 + last epoch's
