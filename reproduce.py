@@ -11,8 +11,9 @@ turned into the paper-style table and figures.
 
 Any other flag is a training flag and goes to every run (e.g. --epochs 30 --numerics
 released; a method's own flags, e.g. --stage1_epochs, to that method's runs only). Rerunning
-the same command skips finished runs, resumes interrupted ones and never redoes finished work. Every invocation ends by writing
-OUTPUT_DIR/results.{md,csv,tex} and OUTPUT_DIR/curves_<dataset>.png.
+the same command skips finished runs, resumes interrupted ones and never redoes finished work.
+Every invocation ends by writing OUTPUT_DIR/results.{md,csv,tex} and
+OUTPUT_DIR/curves_<dataset>.png.
 """
 from __future__ import annotations
 

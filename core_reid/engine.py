@@ -250,7 +250,8 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
 
         environment = numerics_record(numerics, device, args.workers)
         meta = {"method": method.name, "dataset": args.dataset, **labels.meta,
-                "args": vars(args), "epochs": epochs, "realised_noise_rate": float(1 - labels.is_clean.mean()),
+                "args": vars(args), "epochs": epochs,
+                "realised_noise_rate": float(1 - labels.is_clean.mean()),
                 "injected_label_precision": float((labels.noisy_labels ==
                                                    labels.clean_labels).mean()),
                 "pretrained": pretrained, "device": str(device), "numerics": environment,
