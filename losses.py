@@ -1,9 +1,13 @@
-"""The training losses of the baseline, SELF and CORE, each averaged over the batch.
+"""The training losses of the baseline, SELF, CORE, PurifyNet and Co-teaching, each averaged
+over the batch, and the weights and schedules that go into them.
 
 Notation: p = softmax(logits), y = annotated (possibly noisy) label, q = softmax(peer logits).
 """
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -48,3 +52,74 @@ def co_refining_loss(logits: torch.Tensor, peer_logits: torch.Tensor, kl_weight:
 def next_lambda(mean_epoch_loss: float) -> float:
     """SELF's weight for the next epoch: 1 / (1 + mean training loss of this epoch)."""
     return 1.0 / (1.0 + mean_epoch_loss)
+
+
+def ramped_lambda(epoch: int, ramp_epochs: int, cap: float = 0.5) -> float:
+    """PurifyNet stage 1's weight of the network's own prediction: an exponential ramp-up,
+    ``min(exp(-2 (1 - clip(epoch, 0, R) / R)^2), cap)`` (the released script's
+    ``sigmoid_rampup`` with R = --LabelWt = 60): 0.135 at epoch 0, the cap 0.5 from about
+    R * (1 - sqrt(ln 2 / 2)) ~ 0.41 R on. R = 0 means no ramp: the cap at once."""
+    if ramp_epochs == 0:
+        return cap
+    phase = 1.0 - min(max(epoch, 0), ramp_epochs) / ramp_epochs
+    return min(math.exp(-2.0 * phase * phase), cap)
+
+
+def beta_weights(features: np.ndarray, noisy_labels: np.ndarray, num_classes: int,
+                 shape: tuple[float, float] = (2.0, 6.0)) -> np.ndarray:
+    """PurifyNet stage 2's weight of every training sample, in sample order.
+
+    Within each class of the *noisy* labels: each member's Euclidean distance to the class's
+    mean feature, min-max normalised within the class (all zeros when every distance is the
+    same), weight = Beta(alpha, beta) pdf of it. With the released (2, 6) a sample at the mean
+    and the one farthest from it both get 0; the peak (2.81) is at 1/6: typical members count
+    most, outliers (likely wrong labels) and the most central ones little.
+    """
+    from scipy import stats
+    features = np.asarray(features, dtype=np.float64)
+    weights = np.zeros(len(features))
+    for c in range(num_classes):
+        members = np.flatnonzero(noisy_labels == c)
+        if members.size == 0:  # every label of the class was corrupted away
+            continue
+        group = features[members]
+        dist = np.linalg.norm(group - group.mean(axis=0), axis=1)
+        span = dist.max() - dist.min()
+        dist = dist - dist.min() if span == 0 else (dist - dist.min()) / span
+        weights[members] = stats.beta.pdf(dist, *shape)
+    return weights
+
+
+def instance_weighted_loss(logits: torch.Tensor, labels: torch.Tensor,
+                           weights: torch.Tensor) -> torch.Tensor:
+    """PurifyNet stage 2: mean_i w_i * CE_i (divided by the batch size, not by the weights'
+    sum, as the released ``InstanceWeightLoss``)."""
+    per_sample = F.cross_entropy(logits.float(), labels, reduction="none")
+    return (weights * per_sample).mean()
+
+
+def forget_rate(epoch: int, tau: float, ramp_epochs: int) -> float:
+    """Co-teaching's fraction of each batch to drop, r(t) = tau * min(t / T_k, 1), t = the
+    epoch counted from 0 (so epoch 0 keeps every sample); T_k = 0: tau at once."""
+    return tau if ramp_epochs == 0 else tau * min(epoch / ramp_epochs, 1.0)
+
+
+def small_loss_indices(logits: torch.Tensor, labels: torch.Tensor,
+                       drop_rate: float) -> torch.Tensor:
+    """The ``(1 - drop_rate)`` fraction of the batch (at least one sample) on which this
+    network's cross-entropy is smallest: what it passes to its peer (ties: lower index first)."""
+    per_sample = F.cross_entropy(logits.detach().float(), labels, reduction="none")
+    keep = max(1, int((1.0 - drop_rate) * len(labels)))
+    return torch.sort(per_sample, stable=True).indices[:keep]
+
+
+def co_teaching_losses(logits: torch.Tensor, peer_logits: torch.Tensor, labels: torch.Tensor,
+                       drop_rate: float
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Co-teaching (Han et al., NeurIPS 2018) on one batch: (loss of the first network, loss of
+    the peer, the samples the first network selected, the samples the peer selected) — each
+    network trains, with mean cross-entropy, on the samples its *peer* found small-loss."""
+    mine = small_loss_indices(logits, labels, drop_rate)
+    theirs = small_loss_indices(peer_logits, labels, drop_rate)
+    return (F.cross_entropy(logits[theirs].float(), labels[theirs]),
+            F.cross_entropy(peer_logits[mine].float(), labels[mine]), mine, theirs)

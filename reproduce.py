@@ -1,5 +1,6 @@
-"""Reproduce the paper's tables: baseline, SELF and CORE x datasets x noise settings x seeds,
-trained here or on a SLURM cluster, then turned into the paper-style table and figures.
+"""Reproduce the paper's tables: baseline, SELF and CORE (and, on request, PurifyNet and
+Co-teaching) x datasets x noise settings x seeds, trained here or on a SLURM cluster, then
+turned into the paper-style table and figures.
 
     python reproduce.py --data_dir ../                       # the paper's grid, this machine
     python reproduce.py --data_dir ../ --datasets market --noise clean random:0.2 --seeds 1
@@ -10,11 +11,11 @@ trained here or on a SLURM cluster, then turned into the paper-style table and f
     python reproduce.py --demo --output_dir grid_demo        # a tiny grid, minutes on a CPU
 
 Any other flag is a training flag and goes to every run (e.g. --epochs 30 --numerics
-released; CORE-only flags to CORE runs only). Rerunning the same command skips finished runs,
-resumes interrupted ones and never redoes finished work (on SLURM it re-attaches to the jobs
-still queued or running). Every invocation ends by writing OUTPUT_DIR/results.{md,csv,tex} and
-OUTPUT_DIR/curves_<dataset>.png, and exits with status 1 if a run failed, was cancelled or is
-blocked. docs/slurm.md: running the grid on a SLURM cluster.
+released; a method's own flags, e.g. --stage1_epochs, to that method's runs only). Rerunning
+the same command skips finished runs, resumes interrupted ones and never redoes finished work
+(on SLURM it re-attaches to the jobs still queued or running). Every invocation ends by writing
+OUTPUT_DIR/results.{md,csv,tex} and OUTPUT_DIR/curves_<dataset>.png, and exits with status 1 if
+a run failed, was cancelled or is blocked. docs/slurm.md: running the grid on a SLURM cluster.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from methods import METHODS
+from methods import METHODS, PAPER_METHODS
 from core_reid.reproduction.launch import SlurmLauncher, grid_status, prepare_inputs, run_local
 from core_reid.reproduction.plan import Run, describe_plan, expand, parse_noise
 from core_reid.reproduction.report import write_report
@@ -58,7 +59,9 @@ def build_parser() -> ArgumentParser:
     a("--noise", nargs="+", default=None,
       help=f"noise settings: clean, random:R[,R...], pattern:R[,R...] (default: the paper's, "
       f"{' '.join(PAPER_NOISE)})")
-    a("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods")
+    a("--methods", nargs="+", default=list(PAPER_METHODS), choices=METHODS,
+      help=f"methods (default: the paper's, {' '.join(PAPER_METHODS)}; also purifynet, "
+      "coteaching: docs/methods.md)")
     a("--seeds", type=int, nargs="+", default=None, help="seeds (default: 1 2 3); all share "
       "the noisy labels (--noise_seed, default 1)")
     a("--output_dir", default="./grid", help="the grid's folder: runs/, logs/, status.json, "

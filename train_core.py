@@ -1,12 +1,14 @@
-"""Train two peer networks with CORE (online co-refining) on noisy labels.
+"""Train two peer networks with CORE (online co-refining) or Co-teaching on noisy labels.
 
     python train_core.py --dataset market --batchsize 32 --noise_ratio 0.2 --lr 0.01 --data_dir ../
     python train_core.py --demo          # synthetic data, 20% noise, small network, CPU-friendly
+    python train_core.py --method coteaching --demo    # Co-teaching (Han et al. 2018)
 
 Both peers see the same batches. For epochs <= --stage1_epochs each trains with SELF (its own
 lambda); afterwards each learns from the other's refined label and distribution:
 L1 = CE(logits1, argmax p2) + kl_weight * mean(-sum_c p2[c] log p1[c]), peer detached, and
-symmetrically for network 2 (losses.py).
+symmetrically for network 2 (losses.py). Co-teaching: each network passes the small-loss part
+of the batch to the other (docs/methods.md).
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    return train(parse_args(build_parser(), argv), "core")
+    args = parse_args(build_parser(), argv)
+    return train(args, args.method)
 
 
 if __name__ == "__main__":

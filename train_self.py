@@ -6,9 +6,11 @@ noisy labels.
     python train_self.py --method baseline --noise_ratio 0 --data_dir ../             # clean
                                                             # model for --pattern noise
     python train_self.py --demo                            # synthetic data, minutes on a CPU
+    python train_self.py --method purifynet --demo         # PurifyNet, both stages in one run
 
 SELF's loss per sample is -(1 - lambda) log p[y] - lambda log max_c p[c], with lambda for an
 epoch = 1 / (1 + mean training loss of the previous epoch) and 0 in the first (losses.py).
+PurifyNet: docs/methods.md.
 """
 from __future__ import annotations
 

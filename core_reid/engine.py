@@ -1,7 +1,8 @@
 """The training loop shared by train_self.py and train_core.py.
 
-One run trains one network (baseline, SELF) or two peers on the same batches (CORE) on labels
-with injected noise, and tests network 1 every ``--eval_every`` epochs. ``train`` reads top to
+One run trains one network (baseline, SELF, PurifyNet) or two peers on the same batches (CORE,
+Co-teaching) on labels with injected noise, and tests network 1 every ``--eval_every`` epochs
+(and at the end of each stage). ``train`` reads top to
 bottom: setup (device and numerics, data, noise, networks, run folder), the epochs, the final
 report. What each method adds is in methods.py, the flags in options.py, run folders and
 checkpoints in runs.py, the data and the noise in run_data.py.
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from datasets.noise import NoisyLabels, save_noise
 from datasets.pipeline import epoch_seed
 from eval_utils import score, test_features
-from methods import Baseline, Peer, make_method
+from methods import Baseline, Peer, RunAccess, make_method
 from model import build_model
 from core_reid.numerics import (Numerics, apply_tf32, choose_numerics, describe_environment,
                       numerics_record, pick_device)
@@ -30,11 +31,11 @@ from core_reid.pictures import label_correction_picture, sampled_ranked_list
 from core_reid.pretraining import describe_record, initial_backbone, pretrained_record
 from core_reid.recorder import TEST_KEYS, RunRecorder
 from core_reid.run_data import (RunData, inject_noise, load_data, noise_meta, predicted_labels,
-                      prepare_synthetic_data)
+                      prepare_synthetic_data, train_descriptors_and_classes)
 from core_reid.runs import (NOISE_FILE, EpochProgress, StopSignals, check_metrics_file,
                   checkpoint_labels, copy_checkpoint, discard_if_unfinished, init_peers_from,
-                  load_for_resume, resolve_run, restore_peers, restore_rng_states, run_name,
-                  save_checkpoint)
+                  load_for_resume, read_checkpoint, resolve_run, restore_peers,
+                  restore_rng_states, run_name, save_checkpoint)
 from core_reid.utils import FolderLock, RunInterrupted, UserError
 
 # Queries in the ranked-list picture of each test (TensorBoard): the same ones every time.
@@ -51,17 +52,22 @@ def build_peers(args: argparse.Namespace, method: Baseline, num_classes: int,
     for _ in range(method.networks):
         net = build_model(args.arch, num_classes, weights, args.head_act, args.dropout)
         net = net.to(device, memory_format=numerics.memory_format)
-        optimizer = torch.optim.SGD(net.param_groups(args.lr), lr=args.lr,
-                                    momentum=args.momentum, nesterov=True,
-                                    weight_decay=args.weight_decay,
-                                    **({"fused": True} if numerics.fused_sgd else {}))
         model = torch.compile(net) if numerics.compile else net
-        peers.append(Peer(net, model, optimizer, method.first_lambda))
+        peers.append(Peer(net, model, make_optimizer(args, net, numerics), method.first_lambda))
     return peers
 
 
+def make_optimizer(args: argparse.Namespace, net: torch.nn.Module,
+                   numerics: Numerics) -> torch.optim.Optimizer:
+    """The released SGD: Nesterov momentum, weight decay, the new head at 10x the lr."""
+    return torch.optim.SGD(net.param_groups(args.lr), lr=args.lr, momentum=args.momentum,
+                           nesterov=True, weight_decay=args.weight_decay,
+                           **({"fused": True} if numerics.fused_sgd else {}))
+
+
 def lr_at(args: argparse.Namespace, epoch: int) -> float:
-    """Step schedule: ``--lr`` times 0.1 for every milestone reached."""
+    """Step schedule: ``--lr`` times 0.1 for every milestone reached (``epoch``: where the
+    method's schedule stands, ``method.schedule_epoch``)."""
     return args.lr * 0.1 ** sum(epoch >= m for m in args.milestones)
 
 
@@ -104,7 +110,7 @@ def train_one_epoch(method: Baseline, epoch: int, seed: int, peers: list[Peer], 
         labels = noisy[index]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=numerics.amp):
             logits = [p.model(images) for p in peers]
-        batch_losses = method.batch_losses(epoch, logits, labels, peers)
+        batch_losses = method.batch_losses(epoch, logits, labels, index, peers)
         for p in peers:
             p.optimizer.zero_grad(set_to_none=True)
         torch.stack(batch_losses).sum().backward()  # peers are detached from each other
@@ -146,8 +152,9 @@ def label_diagnostics(refined: np.ndarray, true: np.ndarray, noisy: np.ndarray,
 def network_statistics(method: Baseline, epoch: int, peers: list[Peer], data: RunData,
                        labels: NoisyLabels, mean_loss: list[float], train_acc: list[float],
                        device: torch.device, numerics: Numerics) -> list[dict[str, Any]]:
-    """Each network's epoch: loss, accuracy, the lambda it trained with (SELF stages only) and
-    its label diagnostics; then each peer's lambda moves on to the next epoch's."""
+    """Each network's epoch: loss, accuracy, the lambda it trained with (SELF stages only), its
+    label diagnostics and the method's own (e.g. the precision of what it trained on); then
+    each peer's lambda moves on to the next epoch's."""
     networks = []
     for k, p in enumerate(peers):
         refined = predicted_labels(p.net, data, device, numerics)
@@ -155,7 +162,8 @@ def network_statistics(method: Baseline, epoch: int, peers: list[Peer], data: Ru
         if method.uses_lambda(epoch):
             stats["lambda"] = p.lam
         networks.append({**stats, **label_diagnostics(refined, labels.clean_labels,
-                                                      labels.noisy_labels, labels.is_clean)})
+                                                      labels.noisy_labels, labels.is_clean),
+                         **method.extra_stats(epoch, k)})
         p.lam = method.next_lambda(mean_loss[k])
     return networks
 
@@ -166,21 +174,41 @@ def epoch_record(args: argparse.Namespace, method: Baseline, epoch: int, peers: 
                  ) -> tuple[dict[str, Any], Optional[tuple[torch.Tensor, torch.Tensor]]]:
     """A trained epoch's record: each network's statistics and, every --eval_every epochs and
     at the last, network 1's test scores; with them, at a test, its query and gallery
-    descriptors (for the ranked-list picture)."""
+    descriptors (for the ranked-list picture). A method's stage ends are tested too."""
     if not all(math.isfinite(x) for x in progress.mean_loss):
         raise UserError(f"training diverged at epoch {epoch} (loss {progress.mean_loss}); "
                         "lower --lr")
     networks = network_statistics(method, epoch, peers, data, labels, progress.mean_loss,
                                   progress.train_acc, device, numerics)
     scores, features = {}, None
-    if epoch % args.eval_every == 0 or epoch == args.epochs - 1:
+    if epoch % args.eval_every == 0 or epoch == method.total_epochs(args.epochs) - 1 or \
+            method.ends_stage(epoch):
         features = test_features(peers[0].net, data.query, data.gallery, device, numerics.amp,
                                  numerics.channels_last)
         scores = score(*features, data.query, data.gallery, args.rerank)
-    return ({"epoch": epoch, "lr": lr_at(args, epoch), "stage": method.stage(epoch),
+    return ({"epoch": epoch, "lr": lr_at(args, method.schedule_epoch(epoch)),
+             "stage": method.stage(epoch),
              **networks[0], **{k: scores.get(k) for k in TEST_KEYS},
              "epoch_time_s": progress.seconds,
              "images_per_s": progress.seen / progress.seconds, "networks": networks}, features)
+
+
+def run_access(args: argparse.Namespace, peers: list[Peer], labels: NoisyLabels, data: RunData,
+               run_dir: Path, device: torch.device, numerics: Numerics) -> RunAccess:
+    """What a method may ask of this run (methods.RunAccess)."""
+    def load_best() -> str:
+        state = read_checkpoint(run_dir / "best.pt", "best.pt")
+        for p, net_state in zip(peers, state["networks"]):
+            p.net.load_state_dict(net_state)
+        return f"the networks go back to {run_dir / 'best.pt'} (epoch {state['epoch']})"
+
+    def reset_optimizers() -> None:
+        for p in peers:
+            p.optimizer = make_optimizer(args, p.net, numerics)
+
+    return RunAccess(peers, labels, data.num_classes, device,
+                     lambda net: train_descriptors_and_classes(net, data, device, numerics),
+                     load_best, reset_optimizers)
 
 
 def train(args: argparse.Namespace, method_name: str) -> dict:
@@ -198,7 +226,8 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
         if ckpt is None and (run_dir / "last.pt").is_file():
             raise UserError(f"{run_dir}: another process wrote this run while this one "
                             "started; rerun with --resume auto to continue it")
-        state = load_for_resume(ckpt, args, method.name) if ckpt else None
+        state = (load_for_resume(ckpt, args, method.name, method.fixed_on_resume) if ckpt
+                 else None)
         if state is not None:
             check_metrics_file(run_dir, state)
         weights, pretrained = (initial_backbone(args, train) if state is None
@@ -216,12 +245,18 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
         start_epoch, init_notes, partial = 0, [], None
         if state is not None:
             start_epoch, partial = restore_peers(peers, state, data.num_classes)
-        elif getattr(args, "init_from", None):
-            init_notes = init_peers_from(args.init_from, peers, args, data.num_classes)
+            method.load_state_dict(state.get("method_state") or {})
+        elif method.init_checkpoints:
+            flag, paths = method.init_checkpoints
+            init_notes = init_peers_from(paths, peers, args, data.num_classes, flag)
+        epochs = method.total_epochs(args.epochs)
+        access = run_access(args, peers, labels, data, run_dir, device, numerics)
+        method.setup(access)
 
         environment = numerics_record(numerics, device, args.workers)
         meta = {"method": method.name, "dataset": args.dataset, **labels.meta,
-                "args": vars(args), "realised_noise_rate": float(1 - labels.is_clean.mean()),
+                "args": vars(args), "epochs": epochs,
+                "realised_noise_rate": float(1 - labels.is_clean.mean()),
                 "injected_label_precision": float((labels.noisy_labels ==
                                                    labels.clean_labels).mean()),
                 "pretrained": pretrained, "device": str(device), "numerics": environment,
@@ -242,21 +277,26 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
                     f"{args.seed}")
             for line in init_notes + method.schedule_warnings(args.milestones, args.epochs):
                 rec.log(line)
-            if start_epoch >= args.epochs:
+            if start_epoch >= epochs:
                 rec.log(f"nothing to train: the run already has {start_epoch} epochs; pass a "
                         "larger --epochs to extend it")
 
             noisy = torch.as_tensor(labels.noisy_labels, device=device)
-            for epoch in range(start_epoch, args.epochs):
+            for epoch in range(start_epoch, epochs):
+                if not (partial and epoch == start_epoch):  # else: in the checkpoint
+                    for line in method.begin_epoch(epoch, access):
+                        rec.log(line)
                 for p in peers:
                     for group in p.optimizer.param_groups:
-                        group["lr"] = lr_at(args, epoch) * group["lr_mult"]
+                        group["lr"] = lr_at(args, method.schedule_epoch(epoch)) * \
+                            group["lr_mult"]
                 progress = train_one_epoch(method, epoch, args.seed, peers, data, noisy,
                                            numerics, stop.requested,
                                            partial if epoch == start_epoch else None)
                 if not progress.finished:  # SIGTERM / SIGUSR1: save where we are, then stop
                     save_checkpoint(run_dir / "last.pt", epoch - 1, method.name, args,
-                                    data.num_classes, peers, labels, rec.history, progress)
+                                    data.num_classes, peers, labels, rec.history,
+                                    method.state_dict(), progress)
                     rec.log(f"stopped by {stop.name} at epoch {epoch}, step {progress.step}: "
                             f"{run_dir / 'last.pt'} saved; continue with --resume")
                     raise RunInterrupted(f"stopped by {stop.name}; resumable: rerun the same "
@@ -268,12 +308,13 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
                     rec.add_image("test/ranked_list", sampled_ranked_list(
                         *features, data.query, data.gallery, RANKED_LIST_QUERIES), epoch)
                 save_checkpoint(run_dir / "last.pt", epoch, method.name, args,
-                                data.num_classes, peers, labels, rec.history)
+                                data.num_classes, peers, labels, rec.history,
+                                method.state_dict())
                 if record["rank1"] is not None and rec.summary()[0]["epoch"] == epoch:
                     copy_checkpoint(run_dir / "last.pt", run_dir / "best.pt")
             for k, p in enumerate(peers, start=1):
                 rec.add_image(f"labels/net{k}", label_correction_picture(
                     data.train_paths, labels, predicted_labels(p.net, data, device, numerics)),
-                    args.epochs - 1)
+                    epochs - 1)
             best, final = rec.report()
     return {**meta, "history": rec.history, "best": best, "final": final}

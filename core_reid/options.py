@@ -21,6 +21,22 @@ MIN_IMAGE_SIDE = 16  # ResNet halves the image five times; smaller inputs leave 
 
 NUMERICS = ("fast", "released")
 
+# Which script trains which method (its --method choices, default first).
+SCRIPT_METHODS = {"train_self.py": ("self", "baseline", "purifynet"),
+                  "train_core.py": ("core", "coteaching")}
+SCRIPT_OF = {method: script for script, methods in SCRIPT_METHODS.items()
+             for method in methods}
+# Flags that only one method reads: another method refuses them (one line, exit 2).
+METHOD_ONLY_FLAGS = {
+    "core": ("--stage1_epochs", "--kl_weight", "--selective", "--init_from"),
+    "purifynet": ("--purify_stage", "--stage1_checkpoint", "--ramp_epochs", "--beta_shape",
+                  "--stage2_from"),
+    "coteaching": ("--forget_rate", "--forget_epochs"),
+}
+# PurifyNet's stage, as released: 41 epochs, StepLR(step_size=20) stepped at the start of each
+# epoch, which under PyTorch >= 1.1 decays before epochs 19 and 39 of the stage.
+PURIFYNET_STAGE = dict(epochs=41, milestones=[19, 39])
+
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """The flags both scripts share."""
@@ -109,14 +125,41 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 
 def add_self_args(parser: argparse.ArgumentParser) -> None:
     """The flags of train_self.py alone."""
-    parser.add_argument("--method", default="self", choices=["self", "baseline"],
-                        help="'self': self label refining; 'baseline': plain cross-entropy "
-                        "on the noisy labels")
+    a = parser.add_argument
+    a("--method", default="self", choices=SCRIPT_METHODS["train_self.py"],
+      help="'self': self label refining; 'baseline': plain cross-entropy on the noisy labels; "
+      "'purifynet': PurifyNet (the released repository's second method), two stages of "
+      "--epochs epochs each in one run (default 41 + 41, --milestones 19 39 per stage: the "
+      "released StepLR(20) under PyTorch >= 1.1; see docs/methods.md)")
+    a("--purify_stage", default="both", choices=["both", "1", "2"],
+      help="PurifyNet: 'both' stages in one run, stage '1' alone, or stage '2' alone from "
+      "--stage1_checkpoint")
+    a("--stage1_checkpoint", default=None, metavar="PATH",
+      help="PurifyNet --purify_stage 2: the stage-1 network to start from (the last.pt or "
+      "best.pt of a --purify_stage 1 run)")
+    a("--ramp_epochs", type=int, default=60,
+      help="PurifyNet stage 1: lambda = min(exp(-2 (1 - min(epoch, N)/N)^2), 0.5) (the "
+      "released --LabelWt: 60)")
+    a("--beta_shape", type=float, nargs=2, default=[2.0, 6.0], metavar=("ALPHA", "BETA"),
+      help="PurifyNet stage 2: sample weight = Beta(ALPHA, BETA) pdf of the normalised "
+      "distance to the class mean feature (released: 2 6)")
+    a("--stage2_from", default="last", choices=["last", "best"],
+      help="PurifyNet: stage 2 starts from stage 1's 'last' network (no test-set information "
+      "enters training) or its 'best' by test rank-1 (the released script)")
 
 
 def add_core_args(parser: argparse.ArgumentParser) -> None:
     """The flags of train_core.py alone."""
     a = parser.add_argument
+    a("--method", default="core", choices=SCRIPT_METHODS["train_core.py"],
+      help="'core': online co-refining; 'coteaching': Co-teaching (Han et al. 2018) with the "
+      "same networks, schedule and data")
+    a("--forget_rate", type=float, default=None,
+      help="Co-teaching: the fraction tau of each batch dropped once the schedule has ramped "
+      "up (default: --noise_ratio)")
+    a("--forget_epochs", type=int, default=10,
+      help="Co-teaching: T_k, the drop rate grows as tau * min(epoch / T_k, 1), epochs counted "
+      "from 0")
     a("--stage1_epochs", type=int, default=20,
       help="epochs 0..N train each peer with SELF, co-refining follows (the released code: "
       "20, one epoch after the first learning-rate decay)")
@@ -160,9 +203,37 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = 
         known = {a.dest for a in parser._actions}
         parser.set_defaults(**{k: v for k, v in DEMO_DEFAULTS.items() if k in known})
     args = parser.parse_args(argv)
+    resolve_method_flags(args, given_flags(parser, argv), "--demo" in argv)
     if check:
         check_args(args)
     return args
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """The flags ``argv`` sets itself (not by default), as ``--name``; abbreviations and
+    ``--flag=value`` count under their full name."""
+    unset = object()
+    probe = argparse.Namespace(**{a.dest: unset for a in parser._actions})
+    parser.parse_args(argv, probe)
+    return {f"--{dest}" for dest, value in vars(probe).items() if value is not unset}
+
+
+def resolve_method_flags(args: argparse.Namespace, given: set[str], demo: bool) -> None:
+    """Refuse the flags of another method; fill in the defaults that depend on the method
+    (PurifyNet's per-stage schedule, Co-teaching's forget rate = the noise ratio)."""
+    method = getattr(args, "method", None)
+    for owner, flags in METHOD_ONLY_FLAGS.items():
+        if owner == method:
+            continue
+        for flag in sorted(given & set(flags)):
+            raise UserError(f"{flag} is a {owner} flag; --method {method} does not read it: "
+                            f"drop it, or train with --method {owner}")
+    if method == "purifynet" and not demo:  # the demo's schedule is per stage as it stands
+        for key, value in PURIFYNET_STAGE.items():
+            if f"--{key}" not in given:
+                setattr(args, key, list(value) if isinstance(value, list) else value)
+    if method == "coteaching" and args.forget_rate is None:
+        args.forget_rate = args.noise_ratio
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -183,7 +254,21 @@ def check_args(args: argparse.Namespace) -> None:
         ("--eval_every", args.eval_every, args.eval_every >= 1, ">= 1 (released: 2)"),
         ("--workers", args.workers, args.workers >= 0, ">= 0 (0 decodes in the main process)"),
     ]
-    if hasattr(args, "stage1_epochs"):  # train_core.py
+    method = getattr(args, "method", None)
+    if method == "coteaching":
+        ranges += [
+            ("--forget_rate", args.forget_rate, 0 <= args.forget_rate < 1,
+             "in [0, 1) (default: the noise ratio)"),
+            ("--forget_epochs", args.forget_epochs, args.forget_epochs >= 0,
+             ">= 0 (default: 10; 0 drops the full rate from the first epoch)"),
+        ]
+    if method == "purifynet":
+        ranges += [
+            ("--ramp_epochs", args.ramp_epochs, args.ramp_epochs >= 0, ">= 0 (released: 60)"),
+            ("--beta_shape", min(args.beta_shape), min(args.beta_shape) > 0,
+             "two numbers > 0 (released: 2 6)"),
+        ]
+    if method == "core":
         ranges += [
             ("--kl_weight", args.kl_weight, args.kl_weight >= 0, ">= 0 (released: 1)"),
             ("--stage1_epochs", args.stage1_epochs, 0 <= args.stage1_epochs <= args.epochs - 2,
@@ -229,6 +314,8 @@ def _check_paths(args: argparse.Namespace) -> None:
             not Path(args.pretrained).is_file():
         raise UserError(f"--pretrained {args.pretrained}: no such file; give 'imagenet', 'none', "
                         "'synthetic' or the path of a torchvision ResNet state dict")
+    if getattr(args, "method", None) == "purifynet":
+        _check_purify_stages(args)
     for path in getattr(args, "init_from", None) or []:
         if not Path(path).is_file():
             raise UserError(f"--init_from {path}: no such file; give the last.pt or best.pt of "
@@ -254,6 +341,23 @@ def _check_paths(args: argparse.Namespace) -> None:
                         f"of Market-1501 file names; it has no meaning for --dataset "
                         f"{args.dataset}: drop it")
     check_writable_folder("--output_dir", args.output_dir)
+
+
+def _check_purify_stages(args: argparse.Namespace) -> None:
+    if args.purify_stage == "2":
+        if args.stage1_checkpoint is None or not Path(args.stage1_checkpoint).is_file():
+            raise UserError(f"--purify_stage 2 needs --stage1_checkpoint, the last.pt or best.pt "
+                            f"of a --purify_stage 1 run (got: {args.stage1_checkpoint or 'none'}"
+                            ": no such file)")
+        if args.stage2_from != "last":
+            raise UserError(f"--stage2_from {args.stage2_from} with --purify_stage 2: stage 2 "
+                            "starts from --stage1_checkpoint; pass that run's best.pt there")
+    elif args.stage1_checkpoint is not None:
+        raise UserError(f"--stage1_checkpoint {args.stage1_checkpoint} is read by "
+                        "--purify_stage 2 only: add --purify_stage 2, or drop it")
+    elif args.purify_stage == "1" and args.stage2_from != "last":
+        raise UserError(f"--stage2_from {args.stage2_from} with --purify_stage 1: there is no "
+                        "stage 2 in this run; drop it")
 
 
 def check_data_dir(args: argparse.Namespace) -> None:

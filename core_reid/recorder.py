@@ -50,7 +50,7 @@ class RunRecorder:
                          + (f" lambda {n['lambda']:.2f}" if "lambda" in n else "")
                          + f" label-prec {n['label_precision']:.3f}"
                          for k, n in enumerate(record["networks"]))
-        self.log(f"epoch {epoch}/{self.meta['args']['epochs'] - 1} [{record['stage']}] lr "
+        self.log(f"epoch {epoch}/{self.meta['epochs'] - 1} [{record['stage']}] lr "
                  f"{record['lr']:.4g}  {nets}  {record['epoch_time_s']:.1f}s "
                  f"{record['images_per_s']:.0f} img/s")
         if record.get("rank1") is not None:
@@ -95,6 +95,12 @@ class RunRecorder:
         injected = self.meta.get("injected_label_precision")
         if injected is not None:
             axes[2].axhline(injected, color="gray", ls="--", label="injected labels")
+        for h, before in zip(self.history[1:], self.history):  # a method's stages, in one curve
+            if h["stage"] != before["stage"]:
+                for ax in axes:
+                    ax.axvline(h["epoch"] - 0.5, color="gray", ls=":", lw=1)
+                axes[0].annotate(h["stage"], (h["epoch"], 0), xytext=(3, 3), fontsize=8,
+                                 textcoords="offset points", xycoords=("data", "axes fraction"))
         axes[1].set_title("training loss")
         axes[2].set_title("label precision (refined label = true label)")
         for ax in axes:

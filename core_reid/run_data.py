@@ -27,7 +27,7 @@ from datasets.noise import (NoisyLabels, pattern_noise, random_noise,
 from datasets.pipeline import (CachedBatches, LoaderBatches, cache_fits, centre_transform,
                                decoded_split, default_cache_dir, eval_transform, resize_hw,
                                train_transform)
-from eval_utils import EvalSet, eval_outputs, scoring_identities
+from eval_utils import EvalSet, eval_outputs, pool5_descriptor, scoring_identities
 from core_reid.numerics import Numerics
 from core_reid.runs import network_from_checkpoint, read_checkpoint
 from core_reid.utils import UserError
@@ -176,6 +176,19 @@ def predicted_labels(net: torch.nn.Module, data: RunData, device: torch.device,
     labels."""
     return eval_outputs(net, data.train_plain, call_model, device, numerics.amp,
                         numerics.channels_last).argmax(dim=1).cpu().numpy()
+
+
+def train_descriptors_and_classes(net: torch.nn.Module, data: RunData, device: torch.device,
+                                  numerics: Numerics) -> tuple[np.ndarray, np.ndarray]:
+    """The test descriptor and the predicted class of every training image, in sample order,
+    both with the test transform in eval mode: what PurifyNet's stage 2 weighs and relabels
+    with (the released script's missing ``extr_fea_train``)."""
+    view = data.train_test_view()
+    descriptors = eval_outputs(net, view, pool5_descriptor, device, numerics.amp,
+                               numerics.channels_last, desc="training descriptors")
+    classes = eval_outputs(net, view, call_model, device, numerics.amp,
+                           numerics.channels_last).argmax(dim=1)
+    return descriptors.cpu().numpy(), classes.cpu().numpy()
 
 
 def noise_meta(args: argparse.Namespace) -> dict:

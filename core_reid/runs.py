@@ -3,7 +3,9 @@ on a signal, and the RNG state that makes a resumed run bit-identical to an unin
 
 A checkpoint (``last.pt``, ``best.pt``) is one dict, built and read only here:
 ``epoch, method, args, num_classes, networks, optimizers, lambdas, noisy_labels, is_clean,
-true_labels, history, rng, partial`` (the progress of a run stopped mid-epoch, else None).
+true_labels, history, rng, partial`` (the progress of a run stopped mid-epoch, else None) and
+``method_state`` (what the method carries between epochs, e.g. PurifyNet's stage-2 labels and
+weights).
 """
 from __future__ import annotations
 
@@ -146,7 +148,8 @@ def restore_rng_states(states: dict[str, Any]) -> None:
 
 def save_checkpoint(path: Path, epoch: int, method: str, args: argparse.Namespace,
                     num_classes: int, peers: Sequence[Peer], labels: NoisyLabels,
-                    history: list[dict], partial: Optional[EpochProgress] = None) -> None:
+                    history: list[dict], method_state: dict[str, Any],
+                    partial: Optional[EpochProgress] = None) -> None:
     """Write everything needed to continue the run after ``epoch`` (and, for a run stopped
     mid-epoch, the ``partial`` progress of epoch + 1), atomically: a crash leaves the previous
     file, never a half-written one."""
@@ -156,7 +159,8 @@ def save_checkpoint(path: Path, epoch: int, method: str, args: argparse.Namespac
              "lambdas": [p.lam for p in peers],
              "noisy_labels": labels.noisy_labels, "is_clean": labels.is_clean,
              "true_labels": labels.clean_labels, "history": history, "rng": rng_states(),
-             "partial": dataclasses.asdict(partial) if partial is not None else None}
+             "partial": dataclasses.asdict(partial) if partial is not None else None,
+             "method_state": method_state}
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
@@ -184,9 +188,11 @@ def checkpoint_labels(state: dict[str, Any], meta: dict) -> NoisyLabels:
     return NoisyLabels(state["true_labels"], state["noisy_labels"], state["is_clean"], meta)
 
 
-def load_for_resume(path: Path, args: argparse.Namespace, method: str) -> dict[str, Any]:
-    """The checkpoint to resume, checked against this command's settings; for a damaged one,
-    the error names the run's other checkpoint when that one is readable."""
+def load_for_resume(path: Path, args: argparse.Namespace, method: str,
+                    fixed: Sequence[str] = ()) -> dict[str, Any]:
+    """The checkpoint to resume, checked against this command's settings (those every run must
+    keep, and the method's ``fixed`` ones); for a damaged one, the error names the run's other
+    checkpoint when that one is readable."""
     try:
         state = read_checkpoint(path, "--resume")
     except UserError as err:
@@ -203,7 +209,7 @@ def load_for_resume(path: Path, args: argparse.Namespace, method: str) -> dict[s
     if state["method"] != method:
         raise UserError(f"--resume {path}: a {state['method']} run cannot continue as {method}; "
                         "use the script and method that started it")
-    for key in MUST_MATCH_ON_RESUME:
+    for key in (*MUST_MATCH_ON_RESUME, *fixed):
         saved = state["args"].get(key, "(not recorded)")
         if saved != getattr(args, key):
             raise UserError(f"--resume {path}: the run used --{key} {saved}, this command says "
@@ -235,7 +241,8 @@ def check_metrics_file(run_dir: Path, state: dict[str, Any]) -> None:
 def restore_peers(peers: Sequence[Peer], state: dict[str, Any], num_classes: int
                   ) -> tuple[int, Optional[tuple[EpochProgress, dict]]]:
     """Load networks, optimisers, lambdas and RNG states; returns the epoch to continue at and,
-    for a run stopped mid-epoch, that epoch's progress with the generators' state there."""
+    for a run stopped mid-epoch, that epoch's progress with the generators' state there. (The
+    method's own state, ``state["method_state"]``, is the method's to load.)"""
     if state["num_classes"] != num_classes:
         raise UserError(f"the run to resume was trained on {state['num_classes']} classes, this "
                         f"training split has {num_classes}; point --data_dir at its dataset")
@@ -250,31 +257,34 @@ def restore_peers(peers: Sequence[Peer], state: dict[str, Any], num_classes: int
 
 
 def init_peers_from(paths: Sequence[str], peers: Sequence[Peer], args: argparse.Namespace,
-                    num_classes: int) -> list[str]:
+                    num_classes: int, flag: str = "--init_from") -> list[str]:
     """``--init_from CKPT1 CKPT2``, the released code's meaning of ``--resume``: each CORE peer
-    starts from the network of a SELF or baseline run; optimisers, lambda and the epoch start
-    afresh. Returns notes for the log (e.g. the runs trained on other noisy labels)."""
+    starts from the network of a one-network run (SELF, baseline, PurifyNet); optimisers,
+    lambda and the epoch start afresh. PurifyNet's stage 2 alone starts the same way
+    (``--stage1_checkpoint``). Returns notes for the log (e.g. the runs trained on other noisy
+    labels)."""
     if len(paths) != len(peers):
-        raise UserError(f"--init_from takes {len(peers)} checkpoints (one per network), got "
+        raise UserError(f"{flag} takes {len(peers)} checkpoints (one per network), got "
                         f"{len(paths)}")
     notes = []
     for k, (path, peer) in enumerate(zip(paths, peers), start=1):
-        state = read_checkpoint(Path(path), "--init_from")
-        if state["method"] not in ("self", "baseline") or len(state["networks"]) != 1:
-            raise UserError(f"--init_from {path}: a {state['method']} checkpoint; give the "
-                            "last.pt or best.pt of a train_self.py run (SELF or baseline)")
+        state = read_checkpoint(Path(path), flag)
+        if len(state["networks"]) != 1:
+            raise UserError(f"{flag} {path}: a {state['method']} checkpoint; give the "
+                            "last.pt or best.pt of a train_self.py run (SELF, baseline or "
+                            "PurifyNet)")
         if state["num_classes"] != num_classes:
-            raise UserError(f"--init_from {path}: trained on {state['num_classes']} classes "
+            raise UserError(f"{flag} {path}: trained on {state['num_classes']} classes "
                             f"but this training split has {num_classes}; use a run on the same "
                             "dataset and split")
         saved = state["args"]
         if saved["arch"] != args.arch:
-            raise UserError(f"--init_from {path}: a {saved['arch']} network, this run is "
+            raise UserError(f"{flag} {path}: a {saved['arch']} network, this run is "
                             f"--arch {args.arch}; use the same --arch")
         try:
             peer.net.load_state_dict(state["networks"][0])
         except RuntimeError as err:  # e.g. a different head
-            raise UserError(f"--init_from {path}: does not fit this network "
+            raise UserError(f"{flag} {path}: does not fit this network "
                             f"({str(err).splitlines()[0]})") from None
         noise = ("noise_ratio", "noise_seed", "pattern", "dataset", "train_split")
         differ = [f"--{key} {saved.get(key)}" for key in noise

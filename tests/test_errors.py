@@ -122,6 +122,48 @@ def test_bad_flag_is_one_line(world, capsys, monkeypatch, extra, message):
                  message, world, capsys, monkeypatch)
 
 
+# A method's own flags given to another method, and PurifyNet's / Co-teaching's ranges.
+METHOD_FLAG_CASES = [
+    (train_core, ["--method", "coteaching", "--stage1_epochs", "5"],
+     "--stage1_epochs is a core flag; --method coteaching does not read it"),
+    (train_core, ["--method", "coteaching", "--selective"], "--selective is a core flag"),
+    (train_core, ["--forget_rate", "0.2"],
+     "--forget_rate is a coteaching flag; --method core does not read it"),
+    (train_core, ["--method", "coteaching", "--forget_rate", "1"],
+     "--forget_rate 1.0: must be in [0, 1)"),
+    (train_core, ["--method", "coteaching", "--forget_epochs", "-1"],
+     "--forget_epochs -1: must be >= 0"),
+    (train_core, ["--method", "purifynet"], "argument --method: invalid choice: 'purifynet'"),
+    (train_self, ["--method", "self", "--stage2_from", "best"],
+     "--stage2_from is a purifynet flag; --method self does not read it"),
+    (train_self, ["--method", "baseline", "--ramp_epochs", "10"],
+     "--ramp_epochs is a purifynet flag"),
+    (train_self, ["--method", "purifynet", "--kl_weight", "2"],
+     "unrecognized arguments: --kl_weight 2"),
+    (train_self, ["--method", "purifynet", "--purify_stage", "2"],
+     "--purify_stage 2 needs --stage1_checkpoint, the last.pt or best.pt of a --purify_stage 1 "
+     "run (got: none: no such file)"),
+    (train_self, ["--method", "purifynet", "--purify_stage", "2", "--stage1_checkpoint",
+                  "missing.pt"], "(got: missing.pt: no such file)"),
+    (train_self, ["--method", "purifynet", "--stage1_checkpoint", "x.pt"],
+     "--stage1_checkpoint x.pt is read by --purify_stage 2 only"),
+    (train_self, ["--method", "purifynet", "--purify_stage", "1", "--stage2_from", "best"],
+     "--stage2_from best with --purify_stage 1: there is no stage 2 in this run"),
+    (train_self, ["--method", "purifynet", "--ramp_epochs", "-1"],
+     "--ramp_epochs -1: must be >= 0"),
+    (train_self, ["--method", "purifynet", "--beta_shape", "0", "6"],
+     "--beta_shape 0.0: must be two numbers > 0"),
+    (train_self, ["--method", "purifynet", "--milestones", "45"],
+     "--milestones 45: must lie in 1..40, within the run's --epochs 41"),
+]
+
+
+@pytest.mark.parametrize("module, extra, message", METHOD_FLAG_CASES,
+                         ids=[" ".join(c[1]) for c in METHOD_FLAG_CASES])
+def test_method_flags_are_one_line(world, capsys, monkeypatch, module, extra, message):
+    expect_error(module, base(world, *extra), message, world, capsys, monkeypatch)
+
+
 def test_bad_paths_are_one_line(world, tmp_path, capsys, monkeypatch):
     data, out = world
     not_a_folder = tmp_path / "a_file"

@@ -204,3 +204,22 @@ def test_the_demo_grid_plans_on_the_demo_data(tmp_path):
     runs = expand(cli.datasets, cli.noise, cli.methods, cli.seeds, train_flags, tmp_path)
     assert len(runs) == 4  # and the clean baseline patterned noise needs
     assert {run.args.pretrained for run in runs} == {"none"}  # the user's flags win
+
+
+def test_the_five_method_grid_routes_each_methods_own_flags(tmp_path):
+    cli, train_flags = reproduce.parse(["--demo", "--output_dir", str(tmp_path), "--methods",
+                                        "baseline", "self", "core", "purifynet", "coteaching",
+                                        "--forget_epochs", "5", "--stage2_from", "best"])
+    runs = {run.method: run for run in expand(cli.datasets, cli.noise, cli.methods, cli.seeds,
+                                              train_flags, tmp_path)}
+    assert list(runs) == ["baseline", "self", "core", "purifynet", "coteaching"]
+    assert runs["coteaching"].script == "train_core.py" == runs["core"].script
+    assert runs["purifynet"].script == "train_self.py"
+    assert runs["coteaching"].argv[:2] == ["--method", "coteaching"]
+    for method, run in runs.items():  # each method gets its own flags, no other's
+        assert ("--stage1_epochs" in run.argv) == (method == "core")
+        assert ("--forget_epochs" in run.argv) == (method == "coteaching")
+        assert ("--stage2_from" in run.argv) == (method == "purifynet")
+    assert runs["coteaching"].args.forget_rate == 0.5  # the grid's noise ratio
+    assert runs["purifynet"].args.epochs == 28 and runs["purifynet"].epochs == 56  # 2 stages
+    assert runs["core"].epochs == 28

@@ -14,14 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from methods import METHODS
-from core_reid.options import build_parser, check_args, parse_args
+from methods import METHODS, make_method
+from core_reid.options import (METHOD_ONLY_FLAGS, SCRIPT_OF, build_parser, check_args,
+                               parse_args)
 from core_reid.runs import run_name
 from core_reid.utils import UserError
 
 REPO = Path(__file__).resolve().parents[2]  # where the training scripts are
-SCRIPT_OF = {"baseline": "train_self.py", "self": "train_self.py", "core": "train_core.py"}
-CORE_ONLY_FLAGS = ("--stage1_epochs", "--kl_weight", "--selective", "--init_from")
 
 
 @dataclass(frozen=True)
@@ -81,6 +80,11 @@ class Run:
     def script(self) -> str:
         return SCRIPT_OF[self.method]
 
+    @property
+    def epochs(self) -> int:
+        """Epochs in the whole run (PurifyNet: both stages)."""
+        return make_method(self.method, self.args).total_epochs(self.args.epochs)
+
     def command(self) -> list[str]:
         """The exact training command (the script's absolute path: jobs may start elsewhere);
         ``--resume auto`` continues an interrupted run and starts a new one otherwise."""
@@ -96,7 +100,7 @@ class Run:
                 finished = len(history)
             except ValueError:
                 history = []
-            if history and history[-1].get("epoch") == self.args.epochs - 1 and \
+            if history and history[-1].get("epoch") == self.epochs - 1 and \
                     (self.run_dir / "last.pt").is_file():
                 return "done", finished
         return ("partial" if (self.run_dir / "last.pt").is_file() else "todo"), finished
@@ -105,8 +109,8 @@ class Run:
 def expand(datasets: Sequence[str], noise: Sequence[NoiseSetting], methods: Sequence[str],
            seeds: Sequence[int], train_flags: Sequence[str], output_dir: Path) -> list[Run]:
     """Every run of the grid with its command, dependencies first. ``train_flags`` go to every
-    run (CORE-only flags to CORE runs only) and are checked here, once, by the scripts' own
-    parsers."""
+    run (a method's own flags, ``options.METHOD_ONLY_FLAGS``, to that method's runs only) and
+    are checked here, once, by the scripts' own parsers."""
     for method in methods:
         if method not in METHODS:
             raise UserError(f"--methods {method}: choose from {', '.join(METHODS)}")
@@ -115,12 +119,12 @@ def expand(datasets: Sequence[str], noise: Sequence[NoiseSetting], methods: Sequ
 
     def make(dataset: str, setting: NoiseSetting, method: str, seed: int,
              in_grid: bool) -> Run:
-        flags = list(train_flags)
-        if method != "core":
-            flags = _without(flags, CORE_ONLY_FLAGS)
+        others = [flag for owner, flags in METHOD_ONLY_FLAGS.items() if owner != method
+                  for flag in flags]
+        flags = _without(list(train_flags), others)
         argv = [*flags, "--dataset", dataset, *setting.flags(), "--seed", str(seed),
                 "--output_dir", str(runs_dir)]
-        if method != "core":
+        if method != "core":  # train_core.py's default; the others say theirs
             argv = ["--method", method, *argv]
         needs = []
         if setting.kind == "pattern":
@@ -198,7 +202,7 @@ def describe_plan(runs: Sequence[Run]) -> list[str]:
         if per_epoch is None:
             unknown += 1
         else:
-            remaining += per_epoch * (run.args.epochs - finished)
+            remaining += per_epoch * (run.epochs - finished)
     if unknown:
         lines.append(f"estimate: {unknown} runs have no measured epoch time yet (it appears once "
                      "one epoch of the same dataset and method has run)"

@@ -19,7 +19,8 @@ import numpy as np
 from core_reid.reproduction.plan import NoiseSetting, Run
 from core_reid.utils import atomic_write, atomic_write_text
 
-METHOD_NAMES = {"baseline": "Baseline", "self": "SELF", "core": "CORE"}
+METHOD_NAMES = {"baseline": "Baseline", "self": "SELF", "core": "CORE",
+                "purifynet": "PurifyNet", "coteaching": "Co-teaching"}
 # Network 1's training labels after the final epoch (none to correct without noise).
 LABEL_KEYS = ("label_precision", "noisy_corrected", "noisy_memorized")
 
@@ -52,7 +53,7 @@ def run_state(run: Run, outcomes: dict[str, dict]) -> str:
     outcome = outcomes.get(run.name, {}).get("outcome")
     if outcome in ("failed", "blocked", "cancelled", "queued"):
         return outcome
-    return f"interrupted at {finished}/{run.args.epochs} epochs" if state == "partial" \
+    return f"interrupted at {finished}/{run.epochs} epochs" if state == "partial" \
         else "missing"
 
 
