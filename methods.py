@@ -63,6 +63,7 @@ class Baseline:
     # (flag, checkpoints) the networks start from, when a run starts
     init_checkpoints: Optional[tuple[str, list[str]]] = None
     fixed_on_resume: tuple[str, ...] = ()  # flags a resumed run may not change
+    uses_train_test_view = False  # reads the training images through the test transform
 
     def stage(self, epoch: int) -> str:
         return "baseline"
@@ -173,6 +174,7 @@ class PurifyNet(SelfRefining):
     first_lambda = None  # set by begin_epoch from the ramp
     fixed_on_resume = ("epochs", "milestones", "purify_stage", "ramp_epochs", "beta_shape",
                        "stage2_from", "stage1_checkpoint")
+    uses_train_test_view = True  # stage 2's descriptors and predicted classes
 
     def __init__(self, stage_epochs: int, stages: str, ramp_epochs: int,
                  beta_shape: Sequence[float], stage2_from: str,

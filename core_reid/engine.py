@@ -232,7 +232,7 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
             check_metrics_file(run_dir, state)
         weights, pretrained = (initial_backbone(args, train) if state is None
                                else (None, pretrained_record(args)))  # resumed: its own
-        data = load_data(args, device, numerics)
+        data = load_data(args, device, numerics, method.uses_train_test_view)
         numerics = dataclasses.replace(numerics, data_path=data.data_path)
         apply_tf32(numerics, device)
 

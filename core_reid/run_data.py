@@ -121,9 +121,12 @@ def load_eval_sets(args: argparse.Namespace, device: torch.device,
     return views.test_set(query), views.test_set(gallery)
 
 
-def load_data(args: argparse.Namespace, device: torch.device, numerics: Numerics) -> RunData:
+def load_data(args: argparse.Namespace, device: torch.device, numerics: Numerics,
+              with_train_test_view: bool = False) -> RunData:
     """Read the splits and build their batch pipelines (cached on the device where it fits,
-    unless ``numerics.data_path`` says otherwise)."""
+    unless ``numerics.data_path`` says otherwise). ``with_train_test_view``: build the training
+    split's test-transform view now, for a method that needs it during training: decoding it
+    later would fork worker processes from a training process, which can hang."""
     train = load_split(Path(args.data_dir), args.dataset, args.train_split)
     query, gallery = _test_splits(args)
     crop = tuple(args.img_size)
@@ -141,7 +144,11 @@ def load_data(args: argparse.Namespace, device: torch.device, numerics: Numerics
         train_plain = LoaderBatches(train, (centre_transform if augment else eval_transform)(
             crop), 4 * args.batchsize, False, args.workers, device)
 
-    def train_test_view() -> Batches:  # built on demand: only patterned noise needs it
+    built = views.test_view(train) if augment and with_train_test_view else None
+
+    def train_test_view() -> Batches:  # else built on demand (patterned noise, before training)
+        if built is not None:
+            return built
         return views.test_view(train) if augment else train_plain
 
     return RunData(train_batches, train_plain, train_test_view, train.targets.astype(np.int64),
