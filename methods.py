@@ -229,6 +229,13 @@ class PurifyNet(SelfRefining):
         self.weights = losses.beta_weights(features, labels.noisy_labels, run.num_classes,
                                            self.beta_shape).astype(np.float32)
         self._on_device = None
+        if not labels.truth_known:  # no injected noise: nothing to score the labels against
+            self.summary = {}
+            changed = (self.targets != labels.noisy_labels).mean()
+            return notes + [f"stage 2 starts at epoch {epoch}: fresh optimiser; labels = the "
+                            f"network's predictions ({changed:.3f} differ from the "
+                            f"annotations), Beta{self.beta_shape} weights: mean "
+                            f"{self.weights.mean():.3f}"]
         noisy = ~labels.is_clean
         self.summary = {
             "train_label_precision": float((self.targets == labels.clean_labels).mean()),
@@ -275,6 +282,7 @@ class CoTeaching(Baseline):
 
     def __init__(self, forget_rate: float, forget_epochs: int):
         self.forget_rate, self.forget_epochs = forget_rate, forget_epochs
+        self.truth_known = True  # set by setup: whether the noise was injected
         self.is_clean: Optional[torch.Tensor] = None
         # per network: [samples it selected, noisy samples among them] in this epoch
         self.counts: Optional[torch.Tensor] = None
@@ -286,6 +294,7 @@ class CoTeaching(Baseline):
         return losses.forget_rate(epoch, self.forget_rate, self.forget_epochs)
 
     def setup(self, run: RunAccess) -> None:
+        self.truth_known = run.labels.truth_known
         self.is_clean = torch.as_tensor(run.labels.is_clean, device=run.device)
         if self.counts is None:
             self.counts = torch.zeros(2, 2, dtype=torch.long, device=run.device)
@@ -308,6 +317,8 @@ class CoTeaching(Baseline):
     def extra_stats(self, epoch: int, k: int) -> dict[str, float]:
         """Network k: the noisy fraction of what it selected for its peer, and the label
         precision of what it trained on (what its peer selected)."""
+        if not self.truth_known:  # no injected noise: which samples are noisy is unknown
+            return {"forget_rate": self.drop_rate(epoch)}
         counts = self.counts.tolist()
         noisy_fraction = [n / total if total else 0.0 for total, n in counts]
         return {"forget_rate": self.drop_rate(epoch),

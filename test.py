@@ -4,10 +4,12 @@
     python test.py --checkpoint res/<run>/best.pt --network both     # CORE: 1, 2 and both
     python test.py --checkpoint res/<run>/best.pt --rerank           # k-reciprocal re-ranking
     python test.py --checkpoint res/<run>/best.pt --pictures pics/   # ranked list, labels
+    python test.py --checkpoint res/<run>/best.pt --audit            # the labels it doubts
 
 Dataset, data folder, image size, protocol and numerics default to the checkpoint's run, so
 the numbers equal those the run logged for that epoch. The scores (fractions in [0, 1]) are
-written to --out (default: beside the checkpoint, named by what was scored).
+written to --out (default: beside the checkpoint, named by what was scored). --audit scores
+nothing: it writes RUN/audit/ (docs/audit.md).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import argparse
 from pathlib import Path
 from typing import Optional, Sequence
 
+from core_reid.audit import audit_checkpoint
 from core_reid.checkpoint_eval import NETWORKS, test_checkpoint
 from eval_utils import EVAL_PROTOCOLS
 from core_reid.options import MIN_IMAGE_SIDE
@@ -49,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--label_examples", type=int, default=6, help="samples shown per section of the "
       "label-correction pictures (corrected, still wrong, broken)")
     a("--seed", type=int, default=0, help="seed of the pictures' random choices")
+    a("--audit", action="store_true", help="instead of scoring, audit the training labels with "
+      "every network of the checkpoint: write RUN/audit/ (label_audit.csv: every training "
+      "image, most suspicious first; refined_labels.csv, for --labels; probabilities.npz; "
+      "suspects.png, also in TensorBoard); see docs/audit.md")
+    a("--suspects", type=int, default=24, help="--audit: suspects shown in suspects.png")
     a("--device", default="auto", choices=["auto", "cuda", "cpu"], help="where to extract")
     a("--gpu", type=int, default=None, help="CUDA device index")
     a("--workers", type=int, default=None, help="processes decoding images (default: the "
@@ -62,6 +70,12 @@ def check_cli(cli: argparse.Namespace) -> None:
     check_number("--top", cli.top, cli.top >= 1, ">= 1")
     check_number("--label_examples", cli.label_examples, cli.label_examples >= 1, ">= 1")
     check_number("--seed", cli.seed, cli.seed >= 0, "an integer >= 0")
+    check_number("--suspects", cli.suspects, cli.suspects >= 1, ">= 1")
+    if cli.audit:
+        for flag in ("dataset", "out", "pictures", "rerank"):
+            if getattr(cli, flag):
+                raise UserError(f"--{flag} with --audit: the audit scores nothing and reads the "
+                                "run's own training split; drop one of them")
     if cli.workers is not None:
         check_number("--workers", cli.workers, cli.workers >= 0, ">= 0")
     if cli.img_size is not None and min(cli.img_size) < MIN_IMAGE_SIDE:
@@ -82,7 +96,7 @@ def check_cli(cli: argparse.Namespace) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     cli = build_parser().parse_args(argv)
     check_cli(cli)
-    return test_checkpoint(cli)
+    return audit_checkpoint(cli) if cli.audit else test_checkpoint(cli)
 
 
 if __name__ == "__main__":

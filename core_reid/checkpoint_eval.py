@@ -117,9 +117,14 @@ def default_output(run: SavedRun, primary: str, rerank: bool) -> Path:
 
 def write_label_pictures(run: SavedRun, data: RunData, indices: list[int], folder: Path,
                          per_section: int, seed: int) -> list[Path]:
-    """labels_net<k>.png for each network, from the run's noisy_labels.npz."""
+    """labels_net<k>.png for each network, from the run's noisy_labels.npz; none for a run
+    without injected noise (no truth to draw right and wrong with: --audit is its picture)."""
     noise_file = run.path.parent / NOISE_FILE
     labels = load_noise(noise_file)
+    if not labels.truth_known:
+        print("no label pictures: the run had no injected noise, so no truth to show the "
+              "labels against; test.py --audit lists the labels its networks doubt")
+        return []
     if not np.array_equal(labels.clean_labels, data.true_labels):
         raise UserError(f"{noise_file}: its {len(labels.clean_labels)} labels are not those of "
                         f"{run.args.data_dir}/{run.args.dataset}/{run.args.train_split} "

@@ -25,13 +25,15 @@ from datasets.pipeline import epoch_seed
 from eval_utils import score, test_features
 from methods import Baseline, Peer, RunAccess, make_method
 from model import build_model
+from core_reid.audit import refined_labels
 from core_reid.numerics import (Numerics, apply_tf32, choose_numerics, describe_environment,
                       numerics_record, pick_device)
 from core_reid.pictures import label_correction_picture, sampled_ranked_list
 from core_reid.pretraining import describe_record, initial_backbone, pretrained_record
 from core_reid.recorder import TEST_KEYS, RunRecorder
-from core_reid.run_data import (RunData, inject_noise, load_data, noise_meta, predicted_labels,
-                      prepare_synthetic_data, train_descriptors_and_classes)
+from core_reid.run_data import (RunData, describe_annotations, inject_noise, load_data,
+                      noise_meta, predicted_labels, prepare_synthetic_data,
+                      train_descriptors_and_classes)
 from core_reid.runs import (NOISE_FILE, EpochProgress, StopSignals, check_metrics_file,
                   checkpoint_labels, copy_checkpoint, discard_if_unfinished, init_peers_from,
                   load_for_resume, read_checkpoint, resolve_run, restore_peers,
@@ -149,23 +151,45 @@ def label_diagnostics(refined: np.ndarray, true: np.ndarray, noisy: np.ndarray,
             "noisy_memorized": mean_or_none((refined == noisy)[noisy_mask])}
 
 
+def annotation_diagnostics(refined: list[np.ndarray], annotated: np.ndarray
+                           ) -> tuple[list[dict[str, float]], dict[str, float]]:
+    """Without injected noise the annotations are all we know, so nothing is scored against
+    them as if they were true; instead: (per network, for the run).
+
+    disagree_with_annotation (each network): the fraction of training images whose refined
+    label (its prediction, as in label_diagnostics) is not the annotated one (the label the run
+    trains on). labels_changed (the method): the fraction whose refined label as the audit
+    writes it (``audit.refined_labels``: one network's prediction; with two peers, their
+    common prediction where they agree, else the annotation) is not the annotated one.
+    """
+    per_network = [{"disagree_with_annotation": float((r != annotated).mean())}
+                   for r in refined]
+    return per_network, {"labels_changed": float(
+        (refined_labels(np.stack(refined), annotated) != annotated).mean())}
+
+
 def network_statistics(method: Baseline, epoch: int, peers: list[Peer], data: RunData,
                        labels: NoisyLabels, mean_loss: list[float], train_acc: list[float],
-                       device: torch.device, numerics: Numerics) -> list[dict[str, Any]]:
+                       device: torch.device, numerics: Numerics
+                       ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Each network's epoch: loss, accuracy, the lambda it trained with (SELF stages only), its
-    label diagnostics and the method's own (e.g. the precision of what it trained on); then
-    each peer's lambda moves on to the next epoch's."""
-    networks = []
+    label diagnostics (annotation_diagnostics when no noise was injected) and the method's own
+    (e.g. the precision of what it trained on); with the run's own diagnostics. Then each
+    peer's lambda moves on to the next epoch's."""
+    networks, refined = [], []
     for k, p in enumerate(peers):
-        refined = predicted_labels(p.net, data, device, numerics)
+        refined.append(predicted_labels(p.net, data, device, numerics))
         stats = {"loss": mean_loss[k], "train_acc": train_acc[k]}
         if method.uses_lambda(epoch):
             stats["lambda"] = p.lam
-        networks.append({**stats, **label_diagnostics(refined, labels.clean_labels,
-                                                      labels.noisy_labels, labels.is_clean),
-                         **method.extra_stats(epoch, k)})
+        truth = (label_diagnostics(refined[k], labels.clean_labels, labels.noisy_labels,
+                                   labels.is_clean) if labels.truth_known else {})
+        networks.append({**stats, **truth, **method.extra_stats(epoch, k)})
         p.lam = method.next_lambda(mean_loss[k])
-    return networks
+    if labels.truth_known:
+        return networks, {}
+    per_network, run_stats = annotation_diagnostics(refined, labels.noisy_labels)
+    return [{**n, **d} for n, d in zip(networks, per_network)], run_stats
 
 
 def epoch_record(args: argparse.Namespace, method: Baseline, epoch: int, peers: list[Peer],
@@ -178,8 +202,9 @@ def epoch_record(args: argparse.Namespace, method: Baseline, epoch: int, peers: 
     if not all(math.isfinite(x) for x in progress.mean_loss):
         raise UserError(f"training diverged at epoch {epoch} (loss {progress.mean_loss}); "
                         "lower --lr")
-    networks = network_statistics(method, epoch, peers, data, labels, progress.mean_loss,
-                                  progress.train_acc, device, numerics)
+    networks, run_stats = network_statistics(method, epoch, peers, data, labels,
+                                             progress.mean_loss, progress.train_acc, device,
+                                             numerics)
     scores, features = {}, None
     if epoch % args.eval_every == 0 or epoch == method.total_epochs(args.epochs) - 1 or \
             method.ends_stage(epoch):
@@ -188,7 +213,7 @@ def epoch_record(args: argparse.Namespace, method: Baseline, epoch: int, peers: 
         scores = score(*features, data.query, data.gallery, args.rerank)
     return ({"epoch": epoch, "lr": lr_at(args, method.schedule_epoch(epoch)),
              "stage": method.stage(epoch),
-             **networks[0], **{k: scores.get(k) for k in TEST_KEYS},
+             **networks[0], **run_stats, **{k: scores.get(k) for k in TEST_KEYS},
              "epoch_time_s": progress.seconds,
              "images_per_s": progress.seen / progress.seconds, "networks": networks}, features)
 
@@ -258,7 +283,8 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
                 "args": vars(args), "epochs": epochs,
                 "realised_noise_rate": float(1 - labels.is_clean.mean()),
                 "injected_label_precision": float((labels.noisy_labels ==
-                                                   labels.clean_labels).mean()),
+                                                   labels.clean_labels).mean())
+                if labels.truth_known else None,  # no injected noise: no truth
                 "pretrained": pretrained, "device": str(device), "numerics": environment,
                 "run_dir": str(run_dir)}
         with RunRecorder(run_dir, meta, state["history"] if state else None) as rec, \
@@ -275,6 +301,8 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
                     f"{args.noise_seed}, realised {meta['realised_noise_rate']:.4f}); query "
                     f"{len(data.query)}, gallery {len(data.gallery)}; {args.arch}, seed "
                     f"{args.seed}")
+            if not labels.truth_known:
+                rec.log(describe_annotations(labels))
             for line in init_notes + method.schedule_warnings(args.milestones, args.epochs):
                 rec.log(line)
             if start_epoch >= epochs:
@@ -312,7 +340,7 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
                                 method.state_dict())
                 if record["rank1"] is not None and rec.summary()[0]["epoch"] == epoch:
                     copy_checkpoint(run_dir / "last.pt", run_dir / "best.pt")
-            for k, p in enumerate(peers, start=1):
+            for k, p in enumerate(peers if labels.truth_known else [], start=1):
                 rec.add_image(f"labels/net{k}", label_correction_picture(
                     data.train_paths, labels, predicted_labels(p.net, data, device, numerics)),
                     epochs - 1)

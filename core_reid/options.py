@@ -43,7 +43,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     # data and noise
     a("--dataset", default="market", help="dataset: " + ", ".join(DATASETS) + " (cuhk03 = "
-      "CUHK03-NP detected boxes, the paper's); data is read from DATA_DIR/<name>/")
+      "CUHK03-NP detected boxes, the paper's) or the name of your own, prepared with "
+      "prepare_market.py --dataset custom --dst DATA_DIR/<name>; data is read from "
+      "DATA_DIR/<name>/")
     a("--data_dir", default="../", help="folder holding the prepared dataset folder "
       "(prepare_market.py --dataset NAME --dst DATA_DIR/NAME)")
     a("--train_split", default="train", choices=["train", "train_all"],
@@ -61,6 +63,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
       help="which view of a training image the clean model classifies for --pattern: "
       "'flipped' = the test transform of the mirrored image (the released code, through a "
       "reused loop variable); 'plain' = the test transform of the image itself")
+    a("--labels", default=None, metavar="CSV", help="train on these labels instead of the "
+      "dataset's annotations: a CSV in the manifest's form (path,pid,camid,split), one row per "
+      "training image, e.g. an audit's refined_labels.csv (docs/audit.md); no noise is "
+      "injected (--noise_ratio defaults to 0 with it)")
     a("--seed", type=int, default=1, help="seed of the initialisation, the batches and the "
       "augmentation (not of the noise: see --noise_seed)")
     # model
@@ -203,7 +209,10 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = 
         known = {a.dest for a in parser._actions}
         parser.set_defaults(**{k: v for k, v in DEMO_DEFAULTS.items() if k in known})
     args = parser.parse_args(argv)
-    resolve_method_flags(args, given_flags(parser, argv), "--demo" in argv)
+    given = given_flags(parser, argv)
+    resolve_method_flags(args, given, "--demo" in argv)
+    if args.labels and "--noise_ratio" not in given:  # given labels: nothing to inject
+        args.noise_ratio = 0.0
     if check:
         check_args(args)
     return args
@@ -296,6 +305,14 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def _check_paths(args: argparse.Namespace) -> None:
+    if args.labels is not None:
+        if not Path(args.labels).is_file():
+            raise UserError(f"--labels {args.labels}: no such file; give a CSV of the training "
+                            "images' labels, e.g. RUN/audit/refined_labels.csv from test.py "
+                            "--audit")
+        if args.noise_ratio != 0:
+            raise UserError(f"--labels with --noise_ratio {args.noise_ratio:g}: the run trains "
+                            "on the given labels as they are; drop --noise_ratio")
     if args.pattern and args.noise_ratio == 0:
         raise UserError("--pattern with --noise_ratio 0: patterned noise needs a ratio > 0")
     if args.pattern_model is not None and not args.pattern:
@@ -362,7 +379,7 @@ def _check_purify_stages(args: argparse.Namespace) -> None:
 
 def check_data_dir(args: argparse.Namespace) -> None:
     """UserError unless ``--data_dir`` holds the prepared ``--dataset``."""
-    folder = Path(args.data_dir) / get_dataset_info(args.dataset).folder
+    folder = Path(args.data_dir) / get_dataset_info(args.dataset, args.data_dir).folder
     if not folder.is_dir():
         raise UserError(f"--data_dir {args.data_dir}: no {folder} folder; prepare the dataset "
                         f"with: python prepare_market.py --dataset {args.dataset} --src "

@@ -4,15 +4,18 @@
   them, framed green for a correct match and red for a wrong one;
 - label corrections: training images whose annotated label was corrupted, next to an image of
   the annotated (wrong) identity and one of the identity the network now predicts, split into
-  "corrected", "still wrong" and, among the clean samples, "broken", with counts.
+  "corrected", "still wrong" and, among the clean samples, "broken", with counts;
+- suspects (the audit's): the training images whose labels the networks doubt most, each next
+  to an image of its annotated identity and one of the identity proposed instead.
 
 Every image sits in a solid frame (``FRAME`` pixels): green = right identity, red = wrong,
-blue = the image being asked about, so a picture can be read, and checked, by its frames.
+blue = the image being asked about, grey = an identity's example where the truth is not known,
+so a picture can be read, and checked, by its frames.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +30,7 @@ from core_reid.utils import atomic_write
 GREEN = (0, 170, 0)
 RED = (220, 0, 0)
 BLUE = (30, 80, 220)
+GREY = (150, 150, 150)
 BACKGROUND = (255, 255, 255)
 TEXT = (0, 0, 0)
 THUMB = (128, 64)  # height, width of every image shown (Market-1501's own size)
@@ -145,6 +149,32 @@ def label_correction_picture(train_paths: Sequence[Path], labels: NoisyLabels,
     return canvas.array()
 
 
+def suspects_picture(entries: Sequence[tuple[Path, Optional[Path], Optional[Path], str]],
+                     title: str, per_line: int = 3) -> np.ndarray:
+    """One triple per suspected label error, its caption above it: the training image (blue),
+    an image of its annotated identity and one of the identity proposed instead (grey: which
+    one is right is the question the picture asks; an empty grey box where the identity has no
+    other image)."""
+    cell_w = THUMB[1] + 2 * FRAME
+    triple_w, triple_h = 3 * cell_w + 2 * FRAME + 3 * GAP, LINE + THUMB[0] + 2 * FRAME + GAP
+    lines = -(-len(entries) // per_line)
+    canvas = _Canvas(width=max(GAP + per_line * triple_w, HEADER_WIDTH),
+                     height=2 * GAP + LINE + lines * triple_h)
+    canvas.text((GAP, GAP), title)
+    for k, (image, annotated, proposed, caption) in enumerate(entries):
+        x = GAP + (k % per_line) * triple_w
+        top = 2 * GAP + LINE + (k // per_line) * triple_h
+        canvas.text((x, top), caption)
+        canvas.image((x, top + LINE), image, BLUE)
+        for slot, example in enumerate((annotated, proposed), start=1):
+            xy = (x + slot * (cell_w + FRAME), top + LINE)
+            if example is None:
+                canvas.frame(xy, GREY)
+            else:
+                canvas.image(xy, example, GREY)
+    return canvas.array()
+
+
 def save_png(path: Path, picture: np.ndarray) -> None:
     """Write an RGB array as a PNG, atomically."""
     atomic_write(path, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG",
@@ -175,13 +205,17 @@ class _Canvas:
     def text(self, xy: tuple[int, int], text: str) -> None:
         self.draw.text(xy, text, fill=TEXT, font=self.font)
 
-    def image(self, xy: tuple[int, int], path: Path, colour: tuple[int, int, int]) -> None:
-        """The image at ``path``, resized to ``THUMB``, inside a ``FRAME``-pixel frame."""
+    def frame(self, xy: tuple[int, int], colour: tuple[int, int, int]) -> None:
+        """A ``THUMB``-sized box filled with ``colour``: a frame without its image."""
         x, y = xy
         self.draw.rectangle([x, y, x + THUMB[1] + 2 * FRAME - 1, y + THUMB[0] + 2 * FRAME - 1],
                             fill=colour)
+
+    def image(self, xy: tuple[int, int], path: Path, colour: tuple[int, int, int]) -> None:
+        """The image at ``path``, resized to ``THUMB``, inside a ``FRAME``-pixel frame."""
+        self.frame(xy, colour)
         thumb = load_image(path).resize((THUMB[1], THUMB[0]), Image.BICUBIC)
-        self.picture.paste(thumb, (x + FRAME, y + FRAME))
+        self.picture.paste(thumb, (xy[0] + FRAME, xy[1] + FRAME))
 
     def array(self) -> np.ndarray:
         return np.asarray(self.picture).copy()

@@ -38,6 +38,8 @@ class RunRecorder:
             for key, value in stats.items():
                 if value is not None:  # e.g. no noisy samples to correct at ratio 0
                     self.tb.add_scalar(f"net{k}/{key}", value, epoch)
+        if "labels_changed" in record:  # no injected noise: the method's, not a network's
+            self.tb.add_scalar("labels/changed", record["labels_changed"], epoch)
         for key in TEST_KEYS:
             if record.get(key) is not None:
                 self.tb.add_scalar(f"test/{key}", record[key], epoch)
@@ -48,8 +50,11 @@ class RunRecorder:
             self.plot_curves()
         nets = "  ".join(f"net{k + 1} loss {n['loss']:.3f} acc {n['train_acc']:.3f}"
                          + (f" lambda {n['lambda']:.2f}" if "lambda" in n else "")
-                         + f" label-prec {n['label_precision']:.3f}"
+                         + (f" label-prec {n['label_precision']:.3f}" if "label_precision" in n
+                            else f" disagree {n['disagree_with_annotation']:.3f}")
                          for k, n in enumerate(record["networks"]))
+        if "labels_changed" in record:
+            nets += f"  changed {record['labels_changed']:.3f}"
         self.log(f"epoch {epoch}/{self.meta['epochs'] - 1} [{record['stage']}] lr "
                  f"{record['lr']:.4g}  {nets}  {record['epoch_time_s']:.1f}s "
                  f"{record['images_per_s']:.0f} img/s")
@@ -88,13 +93,18 @@ class RunRecorder:
                      label="rank-1")
         axes[0].plot([h["epoch"] for h in tested], [h["mAP"] for h in tested], "s-", label="mAP")
         axes[0].set_title("test (network 1)")
+        truth = "label_precision" in self.history[0]  # else: no injected noise, no truth
+        label_key = "label_precision" if truth else "disagree_with_annotation"
         for k in range(len(self.history[0]["networks"])):
             nets = [h["networks"][k] for h in self.history]
             axes[1].plot(epochs, [n["loss"] for n in nets], label=f"network {k + 1}")
-            axes[2].plot(epochs, [n["label_precision"] for n in nets], label=f"network {k + 1}")
+            axes[2].plot(epochs, [n[label_key] for n in nets], label=f"network {k + 1}")
         injected = self.meta.get("injected_label_precision")
         if injected is not None:
             axes[2].axhline(injected, color="gray", ls="--", label="injected labels")
+        if not truth:
+            axes[2].plot(epochs, [h["labels_changed"] for h in self.history], "k--",
+                         label="changed by the method")
         for h, before in zip(self.history[1:], self.history):  # a method's stages, in one curve
             if h["stage"] != before["stage"]:
                 for ax in axes:
@@ -102,7 +112,8 @@ class RunRecorder:
                 axes[0].annotate(h["stage"], (h["epoch"], 0), xytext=(3, 3), fontsize=8,
                                  textcoords="offset points", xycoords=("data", "axes fraction"))
         axes[1].set_title("training loss")
-        axes[2].set_title("label precision (refined label = true label)")
+        axes[2].set_title("label precision (refined label = true label)" if truth else
+                          "predictions that disagree with the annotations (no truth known)")
         for ax in axes:
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
@@ -118,9 +129,17 @@ class RunRecorder:
         self.log(f"done: best (epoch {best['epoch']}, chosen on the test set, optimistic) "
                  f"{format_scores(best)}")
         self.log(f"      final (epoch {final['epoch']}) {format_scores(final)}")
-        self.log(f"      label precision: injected {self.meta['injected_label_precision']:.3f} "
-                 "-> refined " + ", ".join(f"net{k + 1} {n['label_precision']:.3f}" for k, n
-                                           in enumerate(self.history[-1]["networks"])))
+        last = self.history[-1]
+        if self.meta["injected_label_precision"] is not None:
+            self.log(f"      label precision: injected {self.meta['injected_label_precision']:.3f}"
+                     " -> refined " + ", ".join(f"net{k + 1} {n['label_precision']:.3f}"
+                                                for k, n in enumerate(last["networks"])))
+        else:
+            self.log("      labels (no injected noise, so no truth to score them against): "
+                     + ", ".join(f"net{k + 1} disagrees with {n['disagree_with_annotation']:.3f}"
+                                 for k, n in enumerate(last["networks"]))
+                     + f" of the annotations; the method changed {last['labels_changed']:.3f}"
+                     " (test.py --audit lists them)")
         self.log(f"      files: {self.run_dir} (metrics.json, curves.png, train.log, best.pt, "
                  f"last.pt, tensorboard/: tensorboard --logdir {self.run_dir / 'tensorboard'})")
         return best, final

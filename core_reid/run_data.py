@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
 
-from datasets import load_split
+from datasets import get_dataset_info, load_split
 from datasets.folder import ReIDFolder
 from datasets.market1501 import JUNK_PID
 from datasets.noise import (NoisyLabels, pattern_noise, random_noise,
@@ -27,6 +27,7 @@ from datasets.noise import (NoisyLabels, pattern_noise, random_noise,
 from datasets.pipeline import (CachedBatches, LoaderBatches, cache_fits, centre_transform,
                                decoded_split, default_cache_dir, eval_transform, resize_hw,
                                train_transform)
+from datasets.split_labels import read_split_labels
 from eval_utils import EvalSet, eval_outputs, pool5_descriptor, scoring_identities
 from core_reid.numerics import Numerics
 from core_reid.runs import network_from_checkpoint, read_checkpoint
@@ -104,6 +105,17 @@ class _Views:
         return LoaderBatches(dataset, eval_transform(self.crop), 4 * self.args.batchsize, False,
                              self.args.workers, self.device)
 
+    def plain_view(self, dataset: ReIDFolder, images: Optional[torch.Tensor] = None) -> Batches:
+        """A training split in order, not augmented: the centre crop of the resized image (the
+        test transform with --train_transform test); ``images``: the split already cached."""
+        augment = self.args.train_transform == "augment"
+        if not self.use_cache:
+            return LoaderBatches(dataset, (centre_transform if augment else eval_transform)(
+                self.crop), 4 * self.args.batchsize, False, self.args.workers, self.device)
+        if images is None:
+            images = self.cached(dataset, resize_hw(self.crop) if augment else self.crop)
+        return CachedBatches(images, 4 * self.args.batchsize, self.crop)
+
     def test_set(self, dataset: ReIDFolder) -> EvalSet:
         pids, camids = scoring_identities(dataset.pids, dataset.camids, dataset.classes,
                                           dataset.targets, [p.name for p in dataset.paths],
@@ -137,12 +149,11 @@ def load_data(args: argparse.Namespace, device: torch.device, numerics: Numerics
     if views.use_cache:  # one copy of the training images serves both views
         images = views.cached(train, train_hw)
         train_batches = CachedBatches(images, args.batchsize, crop, augment, shuffle=True)
-        train_plain = CachedBatches(images, 4 * args.batchsize, crop)
+        train_plain = views.plain_view(train, images)
     else:
         train_batches = LoaderBatches(train, (train_transform if augment else eval_transform)(
             crop), args.batchsize, True, args.workers, device)
-        train_plain = LoaderBatches(train, (centre_transform if augment else eval_transform)(
-            crop), 4 * args.batchsize, False, args.workers, device)
+        train_plain = views.plain_view(train)
 
     built = views.test_view(train) if augment and with_train_test_view else None
 
@@ -154,6 +165,17 @@ def load_data(args: argparse.Namespace, device: torch.device, numerics: Numerics
     return RunData(train_batches, train_plain, train_test_view, train.targets.astype(np.int64),
                    train.num_classes, list(train.paths), views.test_set(query),
                    views.test_set(gallery), "cache" if views.use_cache else "loader")
+
+
+def load_training_view(args: argparse.Namespace, device: torch.device,
+                       numerics: Numerics) -> tuple[ReIDFolder, Batches]:
+    """The training split alone and its plain view (``RunData.train_plain``): what the audit
+    asks a saved run's networks about."""
+    train = load_split(Path(args.data_dir), args.dataset, args.train_split)
+    crop = tuple(args.img_size)
+    train_hw = resize_hw(crop) if args.train_transform == "augment" else crop
+    views = _Views(args, device, _use_cache(numerics, device, len(train), train_hw, 0, crop))
+    return train, views.plain_view(train)
 
 
 def call_model(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -199,15 +221,34 @@ def train_descriptors_and_classes(net: torch.nn.Module, data: RunData, device: t
 
 
 def noise_meta(args: argparse.Namespace) -> dict:
-    """What noisy_labels.npz and metrics.json say about the noise."""
+    """What noisy_labels.npz and metrics.json say about the noise (and ``--labels``)."""
     meta = {"noise_type": "pattern" if args.pattern else "random",
             "noise_ratio": args.noise_ratio, "noise_seed": args.noise_seed, "seed": args.seed}
+    if args.labels:
+        meta["labels"] = args.labels
     return {**meta, "pattern_view": args.pattern_view} if args.pattern else meta
 
 
+def describe_annotations(labels: NoisyLabels) -> str:
+    """The log line of a run without injected noise: what it trains on, and what it reports
+    instead of label precision."""
+    given = labels.meta.get("labels")
+    source = f"the labels of --labels {given}" if given else "the dataset's annotations"
+    return (f"no injected noise: training on {source} as given; with no truth to score them "
+            "against, each epoch reports the fraction each network's predictions disagree with "
+            "them (disagree_with_annotation) and the fraction the method changed "
+            "(labels_changed): docs/audit.md")
+
+
 def inject_noise(args: argparse.Namespace, data: RunData, device: torch.device) -> NoisyLabels:
-    """Random noise, or patterned from a clean model's confusions, seeded by --noise_seed."""
+    """Random noise, or patterned from a clean model's confusions, seeded by --noise_seed; or,
+    with --labels, the labels that file gives (validated against the training split)."""
     meta = noise_meta(args)
+    if args.labels:
+        split = load_split(Path(args.data_dir), args.dataset, args.train_split)
+        given = read_split_labels(Path(args.labels), split,
+                                  get_dataset_info(args.dataset, args.data_dir))
+        return NoisyLabels(given, given.copy(), np.ones(len(given), dtype=bool), meta)
     if not args.pattern:
         noisy, is_clean = random_noise(data.true_labels, args.noise_ratio, data.num_classes,
                                        args.noise_seed)

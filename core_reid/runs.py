@@ -89,10 +89,12 @@ class StopSignals:
 
 def run_name(args: argparse.Namespace) -> str:
     """e.g. market_core_random0.2_noiseseed1_lr0.01_seed1 (no epoch count: --resume can extend
-    a run; clean runs have no noise seed)."""
+    a run; clean runs have no noise seed; --labels FILE runs say labels-<FILE's stem>)."""
     noise = "clean" if args.noise_ratio == 0 else (
         f"{'pattern' if args.pattern else 'random'}{args.noise_ratio:g}"
         f"_noiseseed{args.noise_seed}")
+    if getattr(args, "labels", None):
+        noise = f"labels-{Path(args.labels).stem}"
     arch = "" if args.arch == "resnet50" else f"_{args.arch}"
     return f"{args.dataset}_{args.method}_{noise}_lr{args.lr:g}_seed{args.seed}{arch}"
 
@@ -209,6 +211,10 @@ def load_for_resume(path: Path, args: argparse.Namespace, method: str,
     if state["method"] != method:
         raise UserError(f"--resume {path}: a {state['method']} run cannot continue as {method}; "
                         "use the script and method that started it")
+    if state["args"].get("labels") != args.labels:  # not recorded before --labels: none
+        raise UserError(f"--resume {path}: the run trained on --labels "
+                        f"{state['args'].get('labels')}, this command gives {args.labels}; use "
+                        "the same or start a new run")
     for key in (*MUST_MATCH_ON_RESUME, *fixed):
         saved = state["args"].get(key, "(not recorded)")
         if saved != getattr(args, key):

@@ -1,9 +1,11 @@
 """Small helpers shared by every script: user-facing errors, one-line argument errors, checks
-of paths and numbers, atomic file writes with the user's umask, and folder locks."""
+of paths and numbers, atomic file writes (text, CSV) with the user's umask, and folder locks."""
 from __future__ import annotations
 
 import argparse
+import csv
 import fcntl
+import io
 import math
 import os
 import socket
@@ -11,7 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 
 class UserError(Exception):
@@ -109,6 +111,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def atomic_write_csv(path: str | os.PathLike, header: Sequence[str],
+                     rows: Iterable[Sequence[Any]]) -> None:
+    """Write a CSV file (``header``, then ``rows``) atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def current_umask() -> int:

@@ -5,13 +5,16 @@ Each dataset is data: one ``DATASETS`` entry (its download layouts, file-name pa
 count and official counts, from its facts module); preparing, training and scoring are the same
 code for all. Every dataset is scored under the Market-1501 protocol (``eval_lib``'s
 ``market1501``: same person and camera dropped, junk ignored), which is also CUHK03-NP's.
+A user's own dataset is not in the registry: ``prepare_market.py --dataset custom`` writes its
+entry as ``dataset.json`` into the prepared folder, and ``get_dataset_info`` finds it there by
+the folder's name (``datasets.custom``).
 Importing this package does not import torch, so ``prepare_market.py`` starts fast.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from datasets import cuhk03, dukemtmc, market1501, msmt17
 from datasets.layout import DownloadLayout, OfficialCounts
@@ -32,8 +35,20 @@ class DatasetInfo:
     parse_name: Callable[[str], Any]     # file name -> object with .pid and .camid
     num_cams: int                        # camera ids run 1..num_cams
     layouts: tuple[DownloadLayout, ...]  # the download's known layouts, tried in order
-    official: OfficialCounts
+    official: Optional[OfficialCounts]   # None: an own dataset
     gallery_note: str = ""               # what the prepare summary says about the gallery
+    # An own dataset's annotated ids: identities[p] is the pid of the prepared identity folder
+    # p, cameras[c - 1] the camid of prepared camera c (None: the prepared ids are the ids)
+    identities: Optional[tuple[int, ...]] = None
+    cameras: Optional[tuple[int, ...]] = None
+
+    def annotated_pid(self, folder: str) -> int:
+        """The identity as annotated, of a prepared identity folder name."""
+        return int(folder) if self.identities is None else self.identities[int(folder)]
+
+    def annotated_camid(self, camid: int) -> int:
+        """The camera as annotated, of a prepared (parsed) camera id."""
+        return camid if self.cameras is None else self.cameras[camid - 1]
 
 
 DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (
@@ -54,13 +69,22 @@ DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (
 )}
 
 
-def get_dataset_info(name: str) -> DatasetInfo:
-    """The registry entry for ``name``; UserError listing the choices if there is none."""
-    try:
+def get_dataset_info(name: str, data_dir: str | Path | None = None) -> DatasetInfo:
+    """The registry entry for ``name``, else the own dataset prepared as ``data_dir/name``;
+    UserError listing the choices if there is neither."""
+    if name in DATASETS:
         return DATASETS[name]
-    except KeyError:
-        raise UserError(f"unknown dataset {name!r}; choose one of: "
-                        f"{', '.join(sorted(DATASETS))}") from None
+    if data_dir is not None:
+        from datasets.custom import read_custom_info  # here: it imports this package
+        info = read_custom_info(Path(data_dir) / name)
+        if info is not None:
+            return info
+    where = f"--data_dir {data_dir} has no {Path(data_dir) / name}/" if data_dir is not None \
+        else "it is not a built-in one"
+    raise UserError(f"unknown dataset {name!r}: {where}; choose one of "
+                    f"{', '.join(sorted(DATASETS))}, or prepare your own with: python "
+                    f"prepare_market.py --dataset custom --src <manifest.csv or folder> --dst "
+                    f"<data_dir>/{name}")
 
 
 def load_split(data_dir: str | Path, dataset_name: str, split: str,
@@ -69,7 +93,7 @@ def load_split(data_dir: str | Path, dataset_name: str, split: str,
     means the data lies in ``../market``."""
     from datasets.folder import ReIDFolder  # here, not at the top: it imports torch
 
-    info = get_dataset_info(dataset_name)
+    info = get_dataset_info(dataset_name, data_dir)
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     return ReIDFolder(Path(data_dir) / info.folder / split, transform, info.parse_name)

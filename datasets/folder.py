@@ -10,10 +10,9 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from datasets.manifest import IMAGE_EXTENSIONS
 from datasets.market1501 import parse_market_name
 from core_reid.utils import UserError
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
 def load_image(path: str | Path) -> Image.Image:

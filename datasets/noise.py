@@ -127,6 +127,13 @@ class NoisyLabels:
     def realised_rate(self) -> float:
         return realised_noise_rate(self.is_clean)
 
+    @property
+    def truth_known(self) -> bool:
+        """Whether ``clean_labels`` are the truth, because the noise was injected into them.
+        Without injected noise they are the annotations (or ``--labels``), as trained on, and
+        nothing says which of them are right."""
+        return self.meta.get("noise_ratio", 0) > 0
+
 
 def save_noise(path: str | Path, clean_labels: Any, noisy: Any, is_clean: Any,
                meta: dict | None = None) -> None:

@@ -62,13 +62,10 @@ def plan(source: Source, layout: DownloadLayout, info: DatasetInfo,
                         key=lambda image: image.name)
         _check_images(images, info, download)
         if split == "train_all":
-            first_of_pid: dict[str, _Image] = {}
-            for image in images:
-                first_of_pid.setdefault(_pid_folder(image.name), image)
-            val = set(first_of_pid.values())
+            val = held_out_for_val([image.name for image in images])
             add("train_all", images)
-            add("train", [image for image in images if image not in val])
-            add("val", [image for image in images if image in val])
+            add("train", [image for image in images if image.name not in val])
+            add("val", [image for image in images if image.name in val])
         else:
             add(split, images)
     return planned
@@ -77,6 +74,15 @@ def plan(source: Source, layout: DownloadLayout, info: DatasetInfo,
 def _pid_folder(name: str) -> str:
     """The identity folder: the name's first field as written ("0002", "0000", "-1")."""
     return name.split("_", 1)[0]
+
+
+def held_out_for_val(names: list[str]) -> set[str]:
+    """The training images that make ``val``: each identity's first image by file name (the
+    identity being the name's first field); ``train`` is the rest."""
+    first_of_pid: dict[str, str] = {}
+    for name in sorted(names):
+        first_of_pid.setdefault(_pid_folder(name), name)
+    return set(first_of_pid.values())
 
 
 def _present(source: Source, origin: ImageOrigin) -> bool:
@@ -223,7 +229,9 @@ class PrepareSummary:
 
     @property
     def count_differences(self) -> list[str]:
-        """Where the counts differ from the dataset's official ones."""
+        """Where the counts differ from the dataset's official ones (none for an own one)."""
+        if self.info.official is None:
+            return []
         official = self.info.official.per_split()
         differences = []
         for split, (ids, images) in self.counts.items():
@@ -248,13 +256,14 @@ def prepare(src: str | Path, dst: str | Path, link: bool = False, progress: bool
                             f"in {source.where}; " + _suggestion(
                                 download, info, f"point --src at {download_hint(info.layouts)}"))
         planned = plan(source, layout, info, download)
-        return _prepare(source, planned, info, Path(dst), link, progress)
+        return execute_plan(source, planned, info, Path(dst), link, progress)
     finally:
         download.close()
 
 
-def _prepare(source: Source, planned: list[PlannedFile], info: DatasetInfo, dst: Path,
-             link: bool, progress: bool) -> PrepareSummary:
+def execute_plan(source: Source, planned: list[PlannedFile], info: DatasetInfo, dst: Path,
+                 link: bool, progress: bool) -> PrepareSummary:
+    """Check DST, then write what it lacks of the plan (each file atomically), verify it all."""
     check_destination(dst, source, link)
 
     present = scan_destination(dst)
@@ -303,13 +312,20 @@ def format_summary(summary: PrepareSummary) -> str:
     def cell(value: int, official: int | None) -> str:
         return f"{value}{'*' if official is not None and value != official else ' '}"
 
-    official = summary.info.official.per_split()
     row = "{:<12} {:>6} {:>8}   {:>12}  {:>15}"
     lines = [row.format("split", "ids", "images", "official ids", "official images")]
-    for split, (ids, images) in summary.counts.items():
-        official_ids, official_images = official[split]
-        lines.append(row.format(split, cell(ids, official_ids), cell(images, official_images),
-                                "-" if official_ids is None else official_ids, official_images))
+    if summary.info.official is None:  # an own dataset: nothing to compare with
+        lines = [f"{split:<12} {ids:>6} {images:>8}"
+                 for split, (ids, images) in {"split": ("ids", "images"),
+                                              **summary.counts}.items()]
+    else:
+        official = summary.info.official.per_split()
+        for split, (ids, images) in summary.counts.items():
+            official_ids, official_images = official[split]
+            lines.append(row.format(split, cell(ids, official_ids),
+                                    cell(images, official_images),
+                                    "-" if official_ids is None else official_ids,
+                                    official_images))
     if summary.info.gallery_note:
         lines.append(f"({summary.info.gallery_note})")
     total = summary.written + summary.already_present
@@ -326,6 +342,9 @@ def format_summary(summary: PrepareSummary) -> str:
     if summary.extra_files:
         lines.append(f"WARNING: {len(summary.extra_files)} files in {summary.dst} are not from "
                      f"this download (left in place), e.g. {summary.extra_files[0]}")
+    if summary.info.official is None:
+        lines.append(f"train on it with --dataset {summary.info.name} --data_dir "
+                     f"{summary.dst.parent}")
     if summary.count_differences:
         lines.append(f"WARNING: {len(summary.count_differences)} counts differ from "
                      f"{summary.info.title}'s official ones (marked *): expected for synthetic "

@@ -2,7 +2,8 @@
 methods and column groups = dataset x noise setting, cells = rank-1 / mAP as mean ± std over
 seeds, for the final epoch and for the best-by-rank-1 epoch (chosen on the test set:
 optimistic), the final label precision and noisy labels corrected / memorised, and figures
-of label precision and mAP over epochs.
+of label precision and mAP over epochs. Settings without injected noise have no truth to
+score labels against: their label table is the fraction of labels the method changed.
 Runs that are missing, failed or unfinished are shown as such, never dropped.
 """
 from __future__ import annotations
@@ -21,8 +22,9 @@ from core_reid.utils import atomic_write, atomic_write_text
 
 METHOD_NAMES = {"baseline": "Baseline", "self": "SELF", "core": "CORE",
                 "purifynet": "PurifyNet", "coteaching": "Co-teaching"}
-# Network 1's training labels after the final epoch (none to correct without noise).
-LABEL_KEYS = ("label_precision", "noisy_corrected", "noisy_memorized")
+# Network 1's training labels after the final epoch (none to correct without noise), and,
+# without injected noise, the fraction of the annotations the method changed.
+LABEL_KEYS = ("label_precision", "noisy_corrected", "noisy_memorized", "labels_changed")
 
 
 @dataclass
@@ -102,7 +104,10 @@ TABLES = [("final", "Final epoch: rank-1 / mAP (%)"),
           ("noisy_corrected", "Final noisy labels corrected (%): wrong annotations whose "
                               "refined label is the true one, network 1"),
           ("noisy_memorized", "Final noisy labels memorised (%): wrong annotations the "
-                              "network still predicts, network 1")]
+                              "network still predicts, network 1"),
+          ("labels_changed", "Final labels changed (%), settings without injected noise (no "
+                             "truth to score them against): annotations the method's refined "
+                             "label differs from")]
 
 
 def write_report(runs: Sequence[Run], grid_dir: Path) -> list[Path]:
@@ -195,7 +200,9 @@ def _figure(cells, dataset: str, settings: list[NoiseSetting], methods: list[str
             cell = cells.get((dataset, setting, method))
             if cell is None or not cell.results:
                 continue
-            for ax, key in ((top, "label_precision"), (bottom, "mAP")):
+            truth = "label_precision" in cell.results[0]["history"][-1]
+            for ax, key in ((top, "label_precision" if truth else "labels_changed"),
+                            (bottom, "mAP")):
                 curves = [[(h["epoch"], h[key]) for h in m["history"] if h.get(key) is not None]
                           for m in cell.results]
                 length = min(len(c) for c in curves)
@@ -206,10 +213,11 @@ def _figure(cells, dataset: str, settings: list[NoiseSetting], methods: list[str
                                 color=line.get_color(), alpha=0.2)
         finished = [cells[(dataset, setting, m)].results[0] for m in methods
                     if (dataset, setting, m) in cells and cells[(dataset, setting, m)].results]
-        if finished:  # the same noisy labels in every run of this setting (one noise seed)
-            top.axhline(100 * finished[0]["injected_label_precision"], color="gray", ls="--",
-                        label="injected labels")
-        top.set_title(f"{dataset}, {setting.label}: label precision (%)")
+        injected = finished[0].get("injected_label_precision") if finished else None
+        if injected is not None:  # the same noisy labels in every run of this setting
+            top.axhline(100 * injected, color="gray", ls="--", label="injected labels")
+        top.set_title(f"{dataset}, {setting.label}: " + ("label precision (%)" if setting.kind !=
+                                                         "clean" else "labels changed (%)"))
         bottom.set_title(f"{dataset}, {setting.label}: mAP (%)")
         for ax in (top, bottom):
             ax.set_xlabel("epoch")
