@@ -195,8 +195,8 @@ def suspect_entries(audit: LabelAudit, paths: list[Path], info: DatasetInfo,
 
 def _save_probabilities(tmp: str, audit: LabelAudit) -> None:
     with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to the name
-        np.savez(f, probabilities=audit.probabilities.astype(np.float32),
-                 annotated=audit.annotated)
+        np.savez_compressed(f, probabilities=audit.probabilities.astype(np.float32),
+                            annotated=audit.annotated)
 
 
 def _add_to_tensorboard(run_dir: Path, picture: np.ndarray, epoch: int) -> None:

@@ -79,12 +79,10 @@ def get_dataset_info(name: str, data_dir: str | Path | None = None) -> DatasetIn
         info = read_custom_info(Path(data_dir) / name)
         if info is not None:
             return info
-    where = f"--data_dir {data_dir} has no {Path(data_dir) / name}/" if data_dir is not None \
-        else "it is not a built-in one"
-    raise UserError(f"unknown dataset {name!r}: {where}; choose one of "
-                    f"{', '.join(sorted(DATASETS))}, or prepare your own with: python "
-                    f"prepare_market.py --dataset custom --src <manifest.csv or folder> --dst "
-                    f"<data_dir>/{name}")
+    dst = Path(data_dir if data_dir is not None else "<data_dir>") / name
+    raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(DATASETS))}, "
+                    f"or your own, prepared with: python prepare_market.py --dataset custom "
+                    f"--src <manifest.csv or folder> --dst {dst}")
 
 
 def load_split(data_dir: str | Path, dataset_name: str, split: str,

@@ -15,6 +15,7 @@ Same spec and seed give byte-identical files: every image draws from its own gen
 
     python -m datasets.synthetic --out /tmp/synth --preset demo
     python -m datasets.synthetic --out /tmp/synth --preset tiny --dataset msmt17
+    python -m datasets.synthetic --out /tmp/synth --preset tiny --dataset own   # own data
 """
 from __future__ import annotations
 
@@ -634,7 +635,8 @@ def main() -> None:
     a("--out", type=Path, required=True, help="folder to write the download's top folder into")
     a("--dataset", choices=list(SHAPES), default="market",
       help="whose download to imitate (default market; cuhk03 writes detected/ and labeled/; "
-      "msmt17_v2 is MSMT17 with V2's folder names)")
+      "msmt17_v2 is MSMT17 with V2's folder names; own: a folder of images with a "
+      "manifest.csv, some labels wrong on purpose, for docs/own_data.md)")
     a("--preset", choices=list(PRESETS), default="demo",
       help="tiny (tests), demo (the training demo; default), market (Market-1501's counts)")
     a("--ids", type=int, help="identities in train and in test each (overrides the preset)")

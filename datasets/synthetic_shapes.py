@@ -4,7 +4,8 @@ The generator (``datasets.synthetic``) decides who is seen by which camera in wh
 (training, query, gallery, a distractor, junk, a hand-drawn box); a shape turns each such image
 into the path the real download would give it, and writes the download's other files (list
 files, readme, stray ``Thumbs.db``). One shape per download: Market-1501, DukeMTMC-reID,
-CUHK03-NP (``detected/`` and ``labeled/``, ``.png``) and MSMT17 (V1 and V2 folder names).
+CUHK03-NP (``detected/`` and ``labeled/``, ``.png``) and MSMT17 (V1 and V2 folder names); and an
+own dataset's folder of images with its manifest, for docs/own_data.md.
 """
 from __future__ import annotations
 
@@ -188,6 +189,60 @@ class Msmt17V2Shape(Msmt17Shape):
     top_folder = "MSMT17_V2"
 
 
+class OwnDataShape(DownloadShape):
+    """An own dataset as a user brings one (``prepare_market.py --dataset custom``): images filed
+    by camera under names that say nothing (``images/cam<camid>/<n>.jpg``), who is who only in
+    ``manifest.csv`` (``path,pid,camid,split``), with ids of its own (person p is 1000 + p,
+    each distractor a person of its own from 9000, camera c is 10 c). A tenth of the training
+    rows name a wrong person on purpose, as real annotations do; ``wrong_labels.csv`` says
+    which (``path,annotated_pid,true_pid``), so an audit can be checked against it."""
+    dataset = "market"  # its camera limit
+    top_folder = "own_data_example"
+    folders = {"train": "images", "query": "images", "gallery": "images",
+               "distractor": "images"}
+    WRONG_FRACTION = 0.1
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.rows: list[tuple[str, int, int, str]] = []  # path, true pid, camid, role
+        self.distractors = 0
+
+    def title(self) -> str:
+        return "own-dataset example"
+
+    def readme_intro(self) -> list[str]:
+        return ["Synthetic own-dataset example, drawn by datasets/synthetic.py of the CORE/SELF",
+                "reference implementation: procedurally drawn people, for trying "
+                "docs/own_data.md.", "",
+                "manifest.csv: path,pid,camid,split (a tenth of the train rows are wrong on "
+                "purpose);", "wrong_labels.csv: path,annotated_pid,true_pid of those rows."]
+
+    def path(self, role: str, pid: int, camera: int, box: Optional[int]) -> str:
+        person = 1000 + pid
+        if role == "distractor":
+            person, self.distractors = 9000 + self.distractors, self.distractors + 1
+        path = f"images/cam{10 * camera}/{len(self.rows):05d}.jpg"
+        self.rows.append((path, person, 10 * camera, role))
+        return path
+
+    def write_extras(self, root: Path, seed: int, images: list[tuple[str, str]]) -> None:
+        rng = np.random.default_rng([seed, 6])
+        train = [i for i, row in enumerate(self.rows) if row[3] == "train"]
+        people = sorted({self.rows[i][1] for i in train})
+        wrong = set(rng.choice(train, round(self.WRONG_FRACTION * len(train)),
+                               replace=False).tolist())
+        manifest, mistakes = ["path,pid,camid,split"], ["path,annotated_pid,true_pid"]
+        for i, (path, pid, camid, role) in enumerate(self.rows):
+            annotated = pid
+            if i in wrong:
+                annotated = int(rng.choice([p for p in people if p != pid]))
+                mistakes.append(f"{path},{annotated},{pid}")
+            split = "gallery" if role == "distractor" else role
+            manifest.append(f"{path},{annotated},{camid},{split}")
+        (root / "manifest.csv").write_text("\n".join(manifest) + "\n")
+        (root / "wrong_labels.csv").write_text("\n".join(mistakes) + "\n")
+
+
 SHAPES: dict[str, type[DownloadShape]] = {"market": MarketShape, "duke": DukeShape,
                                           "cuhk03": Cuhk03Shape, "msmt17": Msmt17Shape,
-                                          "msmt17_v2": Msmt17V2Shape}
+                                          "msmt17_v2": Msmt17V2Shape, "own": OwnDataShape}
