@@ -186,14 +186,19 @@ def test_folder_layout_is_the_same_dataset(photos, tmp_path, capsys, monkeypatch
 
 
 def test_the_grid_takes_an_own_dataset_by_name(photos, tmp_path, capsys, monkeypatch):
-    data = tmp_path / "mydata"
+    """...and its report scores no labels of a clean setting against the annotations."""
+    data, grid = tmp_path / "mydata", tmp_path / "grid"
     assert prepare(["--dataset", "custom", "--src", str(photos / "manifest.csv"), "--dst",
                     str(data / "shop")], capsys, monkeypatch)[0] == 0
-    reproduce.main(["--datasets", "shop", "--noise", "clean", "random:0.2", "--seeds", "1",
-                    "--methods", "baseline", "--data_dir", str(data), "--output_dir",
-                    str(tmp_path / "grid"), "--dry_run"])
-    out = capsys.readouterr().out
-    assert "--dataset shop" in out and "--noise_ratio 0.2" in out
+    outcomes = reproduce.main(["--datasets", "shop", "--noise", "clean", "--seeds", "1",
+                               "--methods", "baseline", "--data_dir", str(data),
+                               "--output_dir", str(grid), "--epochs", "1", *TINY])
+    assert list(outcomes.values()) == ["done"]
+    report = (grid / "results.md").read_text().split("### ")
+    changed = next(table for table in report if table.startswith("Final labels changed"))
+    precision = next(table for table in report if table.startswith("Final label precision"))
+    assert changed.splitlines()[-2].startswith("| Baseline | ") and "–" not in changed
+    assert precision.splitlines()[-2] == "| Baseline | – |"
 
 
 # ---- bad input: one line, exit 2, nothing written ---------------------------------------------
