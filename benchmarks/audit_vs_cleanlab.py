@@ -14,7 +14,8 @@ For each noise setting (default: random and patterned, 20% and 50%):
    probabilities from K baseline runs, each trained on the other K-1 folds of the training
    images (stratified by annotated label): cleanlab's intended use;
 3. CORE is trained again on the audit's refined_labels.csv and on (c)'s cleaned labels (each
-   flagged image relabelled with its out-of-sample prediction), both with ``--labels``.
+   flagged image relabelled with its out-of-sample prediction), both with ``--labels``, once
+   every setting has its detection table (results.md is rewritten as results come in).
 
 Per detector: flagged images, their precision and recall, precision at K (K = the injected
 errors; = recall at K) and the AUROC of the score. Per training-label set: its label precision
@@ -68,7 +69,7 @@ def build_cli() -> ArgumentParser:
       "the fold datasets")
     a("--noise", nargs="+", default=DEFAULT_NOISE, help="noise settings: random:R[,R...], "
       "pattern:R[,R...]")
-    a("--folds", type=int, default=4, help="K of the K-fold baseline runs for (c)")
+    a("--folds", type=int, default=3, help="K of the K-fold baseline runs for (c)")
     a("--epochs", type=int, default=24, help="epochs of every run")
     a("--milestones", type=int, nargs="*", default=[8, 20], help="learning-rate decays")
     a("--stage1_epochs", type=int, default=8, help="CORE: co-refining from the next epoch")
@@ -207,9 +208,10 @@ def _split_rows(split: Any) -> list[tuple[Path, int, int]]:
 # ---------------------------------------------------------------------------------------------
 # One noise setting, then the tables.
 
-def bench_setting(bench: Bench, noise: NoiseSetting, folds: int, fold_seed: int,
-                  pattern_model: Optional[Path]) -> dict[str, Any]:
-    """Train, audit, compare and retrain for one noise setting; its results."""
+def detect(bench: Bench, noise: NoiseSetting, folds: int, fold_seed: int,
+           pattern_model: Optional[Path]) -> dict[str, Any]:
+    """Train CORE on the noisy labels, audit it, run the K-fold baselines and score the three
+    detectors; write cleanlab's cleaned labels. The setting's results, without retraining."""
     setting = f"{noise.kind}{noise.ratio:g}"
     noise_flags = noise.flags() + (["--pattern_model", str(pattern_model)]
                                    if noise.kind == "pattern" else [])
@@ -217,7 +219,7 @@ def bench_setting(bench: Bench, noise: NoiseSetting, folds: int, fold_seed: int,
                                                      *noise_flags])
     folder = audit(core_dir)
     labels = load_noise(core_dir / NOISE_FILE)
-    true, noisy, corrupted = labels.clean_labels, labels.noisy_labels, ~labels.is_clean
+    noisy, corrupted = labels.noisy_labels, ~labels.is_clean
     saved = np.load(folder / "probabilities.npz")
     if not np.array_equal(saved["annotated"], noisy):
         raise UserError(f"{folder}: audited other labels than {core_dir}'s; delete {folder}")
@@ -230,24 +232,31 @@ def bench_setting(bench: Bench, noise: NoiseSetting, folds: int, fold_seed: int,
     split = load_split(bench.data_dir, "market", "train")
     cleanlab_csv = bench.out / "labels" / f"{setting}_cleanlab.csv"
     write_split_labels(cleanlab_csv, split, get_dataset_info("market"), cleaned)
+    true = labels.clean_labels
+    return {"setting": noise.label, "name": setting, "images": len(noisy),
+            "errors": int(corrupted.sum()),
+            "detectors": {
+                "CORE audit": detection(core.suspicion, core.refined != noisy, corrupted),
+                "cleanlab, in-sample": detection(*in_sample, corrupted),
+                "cleanlab, out-of-sample": detection(*out_of_sample, corrupted)},
+            "labels": {"noisy": (float((noisy == true).mean()), str(core_dir)),
+                       "CORE refined": (float((core.refined == true).mean()),
+                                        str(folder / "refined_labels.csv")),
+                       "cleanlab cleaned": (float((cleaned == true).mean()),
+                                            str(cleanlab_csv))},
+            "training": {}}
 
-    detectors = {"CORE audit": detection(core.suspicion, core.refined != noisy, corrupted),
-                 "cleanlab, in-sample": detection(*in_sample, corrupted),
-                 "cleanlab, out-of-sample": detection(*out_of_sample, corrupted)}
-    retrained = {"noisy": (noisy, core_dir)}
-    for name, run_name, labels_csv, given in (
-            ("CORE refined", "refined", folder / "refined_labels.csv", core.refined),
-            ("cleanlab cleaned", "cleanlab", cleanlab_csv, cleaned)):
-        run_dir = bench.run("core", f"{setting}_core_{run_name}",
-                            ["--data_dir", str(bench.data_dir), "--labels", str(labels_csv)])
-        retrained[name] = (given, run_dir)
-    training = {}
-    for name, (given, run_dir) in retrained.items():
+
+def retrain(bench: Bench, result: dict[str, Any]) -> None:
+    """CORE trained again on the refined and on the cleaned labels: each label set's final
+    rank-1 and mAP (the noisy labels': the detecting run's), into ``result``."""
+    for name, (precision, source) in result["labels"].items():
+        run_dir = Path(source) if name == "noisy" else bench.run(
+            "core", f"{result['name']}_core_{name.split()[-1]}",
+            ["--data_dir", str(bench.data_dir), "--labels", source])
         final = json.loads((run_dir / "metrics.json").read_text())["final"]
-        training[name] = {"label_precision": float((given == true).mean()),
-                          "rank1": final["rank1"], "mAP": final["mAP"]}
-    return {"setting": noise.label, "images": len(noisy), "errors": int(corrupted.sum()),
-            "detectors": detectors, "training": training}
+        result["training"][name] = {"label_precision": precision, "rank1": final["rank1"],
+                                    "mAP": final["mAP"]}
 
 
 def cost_note(images: int, folds: int, epochs: int) -> str:
@@ -274,8 +283,9 @@ def tables(results: list[dict[str, Any]]) -> str:
     lines += ["", "| noise | CORE trained on | label precision | rank-1 | mAP |",
               "| --- | --- | --- | --- | --- |"]
     for r in results:
-        for name, t in r["training"].items():
-            lines.append(f"| {r['setting']} | {name} labels | {pct(t['label_precision'])} | "
+        for name, (precision, _) in r["labels"].items():
+            t = r["training"].get(name, {"rank1": float("nan"), "mAP": float("nan")})
+            lines.append(f"| {r['setting']} | {name} labels | {pct(precision)} | "
                          f"{pct(t['rank1'])} | {pct(t['mAP'])} |")
     return "\n".join(lines)
 
@@ -296,14 +306,23 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     if any(s.kind == "pattern" for s in settings):
         pattern_model = bench.run("baseline", "clean_baseline",
                                   ["--data_dir", str(data_dir), "--noise_ratio", "0"]) / "last.pt"
-    results = [bench_setting(bench, s, cli.folds, cli.fold_seed, pattern_model)
-               for s in settings]
-    report = "\n\n".join([tables(results), cost_note(results[0]["images"], cli.folds,
-                                                     cli.epochs)])
-    atomic_write_text(out / "results.json", json.dumps(results, indent=1))
-    atomic_write_text(out / "results.md", report + "\n")
+    results = []
+    for setting in settings:  # the detection tables first, then the retraining
+        results.append(detect(bench, setting, cli.folds, cli.fold_seed, pattern_model))
+        report = write_results(out, results, cli.folds, cli.epochs)
+    for result in results:
+        retrain(bench, result)
+        report = write_results(out, results, cli.folds, cli.epochs)
     print(report)
     return results
+
+
+def write_results(out: Path, results: list[dict[str, Any]], folds: int, epochs: int) -> str:
+    """results.json and results.md (the tables so far); returns the Markdown."""
+    report = "\n\n".join([tables(results), cost_note(results[0]["images"], folds, epochs)])
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1))
+    atomic_write_text(out / "results.md", report + "\n")
+    return report
 
 
 if __name__ == "__main__":
