@@ -15,7 +15,8 @@ For each noise setting (default: random and patterned, 20% and 50%):
    images (stratified by annotated label): cleanlab's intended use;
 3. CORE is trained again on the audit's refined_labels.csv and on (c)'s cleaned labels (each
    flagged image relabelled with its out-of-sample prediction), both with ``--labels``, once
-   every setting has its detection table (results.md is rewritten as results come in).
+   every setting has its detection table, the noisiest settings first (results.md is
+   rewritten as results come in).
 
 Per detector: flagged images, their precision and recall, precision at K (K = the injected
 errors; = recall at K) and the AUROC of the score. Per training-label set: its label precision
@@ -233,7 +234,7 @@ def detect(bench: Bench, noise: NoiseSetting, folds: int, fold_seed: int,
     cleanlab_csv = bench.out / "labels" / f"{setting}_cleanlab.csv"
     write_split_labels(cleanlab_csv, split, get_dataset_info("market"), cleaned)
     true = labels.clean_labels
-    return {"setting": noise.label, "name": setting, "images": len(noisy),
+    return {"setting": noise.label, "name": setting, "ratio": noise.ratio, "images": len(noisy),
             "errors": int(corrupted.sum()),
             "detectors": {
                 "CORE audit": detection(core.suspicion, core.refined != noisy, corrupted),
@@ -310,7 +311,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     for setting in settings:  # the detection tables first, then the retraining
         results.append(detect(bench, setting, cli.folds, cli.fold_seed, pattern_model))
         report = write_results(out, results, cli.folds, cli.epochs)
-    for result in results:
+    for result in sorted(results, key=lambda r: -r["ratio"]):  # the most noise first
         retrain(bench, result)
         report = write_results(out, results, cli.folds, cli.epochs)
     print(report)
