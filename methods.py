@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -48,10 +48,12 @@ class RunAccess:
     num_classes: int
     device: torch.device
     # (descriptor, predicted class) of every training image, in sample order: test transform,
-    # eval mode
-    train_outputs: Callable[[torch.nn.Module], tuple[np.ndarray, np.ndarray]]
+    # eval mode; the class from the logits of the view named ('flipped' or 'plain')
+    train_outputs: Callable[[torch.nn.Module, str], tuple[np.ndarray, np.ndarray]]
     load_best: Callable[[], str]         # the run's best.pt networks into the peers; a log note
     reset_optimizers: Callable[[], None]  # fresh SGD (no momentum) for every peer
+    # class logits of every training image, in sample order: eval mode, no augmentation
+    train_logits: Callable[[torch.nn.Module], torch.Tensor]
 
 
 class Baseline:
@@ -169,18 +171,21 @@ class PurifyNet(SelfRefining):
 
     ``stages`` 'both' (one run: stage 1, then stage 2 from its last or best network), '1', or
     '2' (the network starts from ``stage1_checkpoint``). Each stage has ``stage_epochs``
-    epochs, numbered on from one stage to the next, and its own learning-rate schedule."""
+    epochs, numbered on from one stage to the next, and its own learning-rate schedule.
+    ``stage2_view``: stage 2's labels are the argmax of the mirrored image's logits
+    ('flipped', the released extractor's) or of the image's own ('plain')."""
     name = "purifynet"
     first_lambda = None  # set by begin_epoch from the ramp
     fixed_on_resume = ("epochs", "milestones", "purify_stage", "ramp_epochs", "beta_shape",
-                       "stage2_from", "stage1_checkpoint")
+                       "stage2_from", "stage1_checkpoint", "stage2_view")
     uses_train_test_view = True  # stage 2's descriptors and predicted classes
 
     def __init__(self, stage_epochs: int, stages: str, ramp_epochs: int,
                  beta_shape: Sequence[float], stage2_from: str,
-                 stage1_checkpoint: Optional[str]):
+                 stage1_checkpoint: Optional[str], stage2_view: str = "flipped"):
         self.stage_epochs, self.stages, self.ramp_epochs = stage_epochs, stages, ramp_epochs
         self.beta_shape, self.stage2_from = tuple(beta_shape), stage2_from
+        self.stage2_view = stage2_view
         # the first epoch of stage 2 (None: stage 1 alone)
         self.stage2_start = {"both": stage_epochs, "1": None, "2": 0}[stages]
         if stages == "2":
@@ -223,7 +228,7 @@ class PurifyNet(SelfRefining):
         run.reset_optimizers()
         for p in run.peers:
             p.lam = None
-        features, predicted = run.train_outputs(run.peers[0].net)
+        features, predicted = run.train_outputs(run.peers[0].net, self.stage2_view)
         labels = run.labels
         self.targets = predicted.astype(np.int64)
         self.weights = losses.beta_weights(features, labels.noisy_labels, run.num_classes,
@@ -238,7 +243,8 @@ class PurifyNet(SelfRefining):
         s = self.summary
         return notes + [
             f"stage 2 starts at epoch {epoch}: fresh optimiser; labels = the network's "
-            f"predictions (label precision {s['train_label_precision']:.3f}), Beta"
+            f"predictions, {self.stage2_view} view (label precision "
+            f"{s['train_label_precision']:.3f}), Beta"
             f"{self.beta_shape} weights: mean {self.weights.mean():.3f} (clean samples "
             + (f"{s['mean_weight_clean']:.3f}" if s["mean_weight_clean"] is not None else "-")
             + ", noisy " + (f"{s['mean_weight_noisy']:.3f}" if s["mean_weight_noisy"]
@@ -269,12 +275,18 @@ class PurifyNet(SelfRefining):
 class CoTeaching(Baseline):
     """Co-teaching: two networks on the same batches; each ranks the batch by its own
     cross-entropy on the noisy labels, keeps the ``1 - r(t)`` fraction with the smallest, and
-    the *other* network trains on those. r(t) = forget_rate * min(t / forget_epochs, 1)."""
+    the *other* network trains on those. r(t) = tau * min(t / forget_epochs, 1), tau =
+    ``forget_rate``, or with 'auto' the noise rate estimated from the training losses after
+    epoch 0 (which r(0) = 0 leaves whole), kept in the method's state."""
     name = "coteaching"
     networks = 2
+    fixed_on_resume = ("forget_rate", "forget_epochs")
 
-    def __init__(self, forget_rate: float, forget_epochs: int):
-        self.forget_rate, self.forget_epochs = forget_rate, forget_epochs
+    def __init__(self, forget_rate: Union[float, str], forget_epochs: int):
+        self.auto = forget_rate == "auto"
+        self.tau: Optional[float] = None if self.auto else float(forget_rate)
+        self.estimate: Optional[dict[str, float]] = None  # 'auto': what the estimate found
+        self.forget_epochs = forget_epochs
         self.is_clean: Optional[torch.Tensor] = None
         # per network: [samples it selected, noisy samples among them] in this epoch
         self.counts: Optional[torch.Tensor] = None
@@ -283,7 +295,9 @@ class CoTeaching(Baseline):
         return "co-teaching"
 
     def drop_rate(self, epoch: int) -> float:
-        return losses.forget_rate(epoch, self.forget_rate, self.forget_epochs)
+        if self.tau is None:  # 'auto' before the estimate: only epoch 0, which drops nothing
+            return losses.forget_rate(epoch, 0.0, self.forget_epochs)
+        return losses.forget_rate(epoch, self.tau, self.forget_epochs)
 
     def setup(self, run: RunAccess) -> None:
         self.is_clean = torch.as_tensor(run.labels.is_clean, device=run.device)
@@ -293,7 +307,14 @@ class CoTeaching(Baseline):
 
     def begin_epoch(self, epoch: int, run: RunAccess) -> list[str]:
         self.counts.zero_()
-        return []
+        if self.tau is not None or epoch == 0:
+            return []
+        self.estimate = estimate_forget_rate(run)
+        self.tau = self.estimate["forget_rate_estimate"]
+        return [f"forget rate estimated at epoch {epoch} from the training losses: tau = "
+                f"{self.tau:.3f} (loss mixture: {self.estimate['clean_mean_loss']:.3f} / "
+                f"{self.estimate['noisy_mean_loss']:.3f} mean per-sample loss, clean / noisy "
+                f"component)"]
 
     def batch_losses(self, epoch, logits, labels, index, peers):
         first, second, chosen1, chosen2 = losses.co_teaching_losses(
@@ -310,22 +331,37 @@ class CoTeaching(Baseline):
         precision of what it trained on (what its peer selected)."""
         counts = self.counts.tolist()
         noisy_fraction = [n / total if total else 0.0 for total, n in counts]
-        return {"forget_rate": self.drop_rate(epoch),
+        return {"forget_rate": self.drop_rate(epoch), "tau": self.tau,
+                **({"forget_rate_estimate": self.tau} if self.auto else {}),
                 "selected_noisy_fraction": noisy_fraction[k],
                 "train_label_precision": 1.0 - noisy_fraction[1 - k]}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"counts": self.counts.tolist() if self.counts is not None else None}
+        return {"counts": self.counts.tolist() if self.counts is not None else None,
+                "tau": self.tau, "estimate": self.estimate}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("counts") is not None:
             self.counts = torch.tensor(state["counts"], dtype=torch.long)
+        if self.auto:
+            self.tau, self.estimate = state.get("tau"), state.get("estimate")
+
+
+def estimate_forget_rate(run: RunAccess) -> dict[str, float]:
+    """Co-teaching's (or any small-loss method's) tau from the training data alone: the noise
+    rate ``losses.estimate_noise_rate`` finds in the per-sample cross-entropy on the annotated
+    labels, averaged over the run's networks (eval mode, no augmentation)."""
+    noisy = torch.as_tensor(run.labels.noisy_labels, device=run.device)
+    per_sample = torch.stack([
+        torch.nn.functional.cross_entropy(run.train_logits(p.net), noisy, reduction="none")
+        for p in run.peers]).mean(dim=0)
+    return losses.estimate_noise_rate(per_sample.cpu().numpy())
 
 
 def make_method(name: str, args: argparse.Namespace) -> Baseline:
     """The method object for ``name``, with its flags (CORE: --stage1_epochs, --kl_weight,
     --selective, --init_from; PurifyNet: --purify_stage, --ramp_epochs, --beta_shape, --stage2_from,
-    --stage1_checkpoint; Co-teaching: --forget_rate, --forget_epochs)."""
+    --stage1_checkpoint, --stage2_view; Co-teaching: --forget_rate, --forget_epochs)."""
     if name == "core":
         core = CoRefining(args.stage1_epochs, args.kl_weight, args.selective)
         if getattr(args, "init_from", None):
@@ -333,7 +369,7 @@ def make_method(name: str, args: argparse.Namespace) -> Baseline:
         return core
     if name == "purifynet":
         return PurifyNet(args.epochs, args.purify_stage, args.ramp_epochs, args.beta_shape,
-                         args.stage2_from, args.stage1_checkpoint)
+                         args.stage2_from, args.stage1_checkpoint, args.stage2_view)
     if name == "coteaching":
         return CoTeaching(args.forget_rate, args.forget_epochs)
     return {"baseline": Baseline, "self": SelfRefining}[name]()

@@ -26,12 +26,12 @@ from eval_utils import score, test_features
 from methods import Baseline, Peer, RunAccess, make_method
 from model import build_model
 from core_reid.numerics import (Numerics, apply_tf32, choose_numerics, describe_environment,
-                      numerics_record, pick_device)
+                      numerics_record, pick_device, set_threads)
 from core_reid.pictures import label_correction_picture, sampled_ranked_list
-from core_reid.pretraining import describe_record, initial_backbone, pretrained_record
+from core_reid.pretraining import describe_record, initial_backbone, resumed_record
 from core_reid.recorder import TEST_KEYS, RunRecorder
 from core_reid.run_data import (RunData, inject_noise, load_data, noise_meta, predicted_labels,
-                      prepare_synthetic_data, train_descriptors_and_classes)
+                      prepare_synthetic_data, train_descriptors_and_classes, train_logits)
 from core_reid.runs import (NOISE_FILE, EpochProgress, StopSignals, check_metrics_file,
                   checkpoint_labels, copy_checkpoint, discard_if_unfinished, init_peers_from,
                   load_for_resume, read_checkpoint, resolve_run, restore_peers,
@@ -207,13 +207,16 @@ def run_access(args: argparse.Namespace, peers: list[Peer], labels: NoisyLabels,
             p.optimizer = make_optimizer(args, p.net, numerics)
 
     return RunAccess(peers, labels, data.num_classes, device,
-                     lambda net: train_descriptors_and_classes(net, data, device, numerics),
-                     load_best, reset_optimizers)
+                     lambda net, view: train_descriptors_and_classes(net, data, device,
+                                                                     numerics, view),
+                     load_best, reset_optimizers,
+                     lambda net: train_logits(net, data, device, numerics))
 
 
 def train(args: argparse.Namespace, method_name: str) -> dict:
     """Train, test and save a whole run; returns metrics.json's content."""
     args.method = method_name
+    set_threads(args.threads)
     method = make_method(method_name, args)
     device = pick_device(args)
     numerics = choose_numerics(args, device)
@@ -231,7 +234,7 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
         if state is not None:
             check_metrics_file(run_dir, state)
         weights, pretrained = (initial_backbone(args, train) if state is None
-                               else (None, pretrained_record(args)))  # resumed: its own
+                               else (None, resumed_record(args, run_dir)))  # its own
         data = load_data(args, device, numerics, method.uses_train_test_view)
         numerics = dataclasses.replace(numerics, data_path=data.data_path)
         apply_tf32(numerics, device)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 from datasets import DATASETS, get_dataset_info
 from eval_utils import EVAL_PROTOCOLS
@@ -30,7 +30,7 @@ SCRIPT_OF = {method: script for script, methods in SCRIPT_METHODS.items()
 METHOD_ONLY_FLAGS = {
     "core": ("--stage1_epochs", "--kl_weight", "--selective", "--init_from"),
     "purifynet": ("--purify_stage", "--stage1_checkpoint", "--ramp_epochs", "--beta_shape",
-                  "--stage2_from"),
+                  "--stage2_from", "--stage2_view"),
     "coteaching": ("--forget_rate", "--forget_epochs"),
 }
 # PurifyNet's stage, as released: 41 epochs, StepLR(step_size=20) stepped at the start of each
@@ -93,6 +93,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     a("--gpu", type=int, default=None, help="CUDA device index to use (the released code's "
       "flag)")
     a("--workers", type=int, default=4, help="processes decoding images")
+    a("--threads", type=int, default=None, metavar="N",
+      help="CPU threads torch computes with (torch.set_num_threads), set before any work; "
+      "default: torch's own (OMP_NUM_THREADS, else the cores). CPU results depend on it; "
+      "recorded in metrics.json (numerics.threads)")
     a("--numerics", default="fast", choices=NUMERICS,
       help="'fast': bf16 autocast, TF32, channels_last and fused SGD on CUDA (each only where "
       "torch and the device support it) and the image cache; 'released': the released "
@@ -146,6 +150,15 @@ def add_self_args(parser: argparse.ArgumentParser) -> None:
     a("--stage2_from", default="last", choices=["last", "best"],
       help="PurifyNet: stage 2 starts from stage 1's 'last' network (no test-set information "
       "enters training) or its 'best' by test rank-1 (the released script)")
+    a("--stage2_view", default="flipped", choices=["flipped", "plain"],
+      help="PurifyNet stage 2: each training image's label is the argmax of the logits of "
+      "'flipped' = its mirror, test transform (the released extractor, through a reused loop "
+      "variable) or 'plain' = the image itself")
+
+
+def rate_or_auto(text: str) -> Union[float, str]:
+    """A number, or the word 'auto'."""
+    return "auto" if text == "auto" else float(text)
 
 
 def add_core_args(parser: argparse.ArgumentParser) -> None:
@@ -154,9 +167,11 @@ def add_core_args(parser: argparse.ArgumentParser) -> None:
     a("--method", default="core", choices=SCRIPT_METHODS["train_core.py"],
       help="'core': online co-refining; 'coteaching': Co-teaching (Han et al. 2018) with the "
       "same networks, schedule and data")
-    a("--forget_rate", type=float, default=None,
+    a("--forget_rate", type=rate_or_auto, default=None, metavar="TAU",
       help="Co-teaching: the fraction tau of each batch dropped once the schedule has ramped "
-      "up (default: --noise_ratio)")
+      "up (default: --noise_ratio, the true rate, as the authors' code); 'auto': the noise "
+      "rate estimated from the training data alone, from the per-sample losses after epoch 0 "
+      "(recorded as forget_rate_estimate; see docs/methods.md)")
     a("--forget_epochs", type=int, default=10,
       help="Co-teaching: T_k, the drop rate grows as tau * min(epoch / T_k, 1), epochs counted "
       "from 0")
@@ -254,14 +269,20 @@ def check_args(args: argparse.Namespace) -> None:
         ("--eval_every", args.eval_every, args.eval_every >= 1, ">= 1 (released: 2)"),
         ("--workers", args.workers, args.workers >= 0, ">= 0 (0 decodes in the main process)"),
     ]
+    if args.threads is not None:
+        ranges.append(("--threads", args.threads, args.threads >= 1,
+                       ">= 1 (default: torch's own)"))
     method = getattr(args, "method", None)
     if method == "coteaching":
-        ranges += [
-            ("--forget_rate", args.forget_rate, 0 <= args.forget_rate < 1,
-             "in [0, 1) (default: the noise ratio)"),
-            ("--forget_epochs", args.forget_epochs, args.forget_epochs >= 0,
-             ">= 0 (default: 10; 0 drops the full rate from the first epoch)"),
-        ]
+        if args.forget_rate != "auto":
+            ranges.append(("--forget_rate", args.forget_rate, 0 <= args.forget_rate < 1,
+                           "in [0, 1) or 'auto' (default: the noise ratio)"))
+        elif args.forget_epochs == 0:
+            raise UserError("--forget_rate auto with --forget_epochs 0: the rate is estimated "
+                            "after epoch 0, which must drop nothing; give --forget_epochs >= 1 "
+                            "(default 10) or a number for --forget_rate")
+        ranges.append(("--forget_epochs", args.forget_epochs, args.forget_epochs >= 0,
+                       ">= 0 (default: 10; 0 drops the full rate from the first epoch)"))
     if method == "purifynet":
         ranges += [
             ("--ramp_epochs", args.ramp_epochs, args.ramp_epochs >= 0, ">= 0 (released: 60)"),
@@ -357,6 +378,9 @@ def _check_purify_stages(args: argparse.Namespace) -> None:
                         "--purify_stage 2 only: add --purify_stage 2, or drop it")
     elif args.purify_stage == "1" and args.stage2_from != "last":
         raise UserError(f"--stage2_from {args.stage2_from} with --purify_stage 1: there is no "
+                        "stage 2 in this run; drop it")
+    elif args.purify_stage == "1" and args.stage2_view != "flipped":
+        raise UserError(f"--stage2_view {args.stage2_view} with --purify_stage 1: there is no "
                         "stage 2 in this run; drop it")
 
 

@@ -17,7 +17,12 @@ import losses
 import methods
 import train_core
 import train_self
+from core_reid.numerics import choose_numerics
+from core_reid.run_data import load_data, train_descriptors_and_classes
+from core_reid.runs import network_from_checkpoint, read_checkpoint
 from core_reid.utils import RunInterrupted
+from datasets import load_split
+from datasets.pipeline import eval_transform
 
 TINY = ["--arch", "resnet18", "--pretrained", "none", "--img_size", "32", "16",
         "--batchsize", "4", "--workers", "0", "--lr", "0.02", "--milestones"]
@@ -64,16 +69,95 @@ def released_weights(features, noisy, num_classes, alpha=2, beta=6):
     return weights[np.argsort(indexs)].astype(np.float32)
 
 
-def coteaching_step(y_1, y_2, t, forget_rate):
-    """The Co-teaching authors' loss_coteaching, restated."""
-    loss_1 = F.cross_entropy(y_1, t, reduction="none")
-    ind_1_sorted = np.argsort(loss_1.detach().numpy())
-    loss_2 = F.cross_entropy(y_2, t, reduction="none")
-    ind_2_sorted = np.argsort(loss_2.detach().numpy())
-    num_remember = int((1 - forget_rate) * len(ind_1_sorted))
-    ind_1_update, ind_2_update = ind_1_sorted[:num_remember], ind_2_sorted[:num_remember]
-    return (F.cross_entropy(y_1[ind_2_update], t[ind_2_update]),
-            F.cross_entropy(y_2[ind_1_update], t[ind_1_update]), ind_1_update, ind_2_update)
+def released_fliplr(img):
+    inv_idx = torch.arange(img.size(3) - 1, -1, -1).long()  # N x C x H x W
+    img_flip = img.index_select(3, inv_idx)
+    return img_flip
+
+
+class ReleasedEvalNet(torch.nn.Module):
+    """The released ``ft_net.forward`` in eval mode, around one of our networks: (logits, the
+    L2-normalised pool5 feature)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def l2norm(self, x):
+        norm = x.pow(2).sum(dim=1, keepdim=True).sqrt()
+        out = torch.div(x, norm)
+        return out
+
+    def forward(self, x):
+        y = self.net.pool5(x)  # conv1 .. layer4, avgpool, squeeze
+        x = self.net.classifier(self.net.head(y))
+        if self.training:
+            return x
+        else:
+            return x, self.l2norm(y)
+
+
+def released_extract_feature_v1(model, dataloaders, dim):
+    """eval_utils.extract_feature_v1, on the CPU (``dim``: the released 2048, pool5's size)."""
+    features = torch.FloatTensor()
+    count = 0
+    new_label = []
+    for data in dataloaders:
+        img, label, _ = data
+        n, c, h, w = img.size()
+        count += n
+        ff = torch.FloatTensor(n, dim).zero_()
+        # add original and flipped features
+        for i in range(2):
+            if (i == 1):
+                img = released_fliplr(img)
+            input_img = img
+            logits, outputs = model(input_img)
+            f = outputs.data.cpu()
+            ff = ff + f
+        # norm feature
+        fnorm = torch.norm(ff, p=2, dim=1, keepdim=True)
+        ff = ff.div(fnorm.expand_as(ff))
+        features = torch.cat((features, ff), 0)
+        _, tmp_label = logits.max(1)
+        new_label = np.append(new_label, tmp_label)
+    return features, new_label
+
+
+# Loss functions
+def loss_coteaching(y_1, y_2, t, forget_rate, ind, noise_or_not):
+    """The Co-teaching authors' loss.py, as published (``reduce = False``: today's
+    ``reduction="none"``)."""
+    loss_1 = F.cross_entropy(y_1, t, reduce = False)  # noqa: E251
+    ind_1_sorted = np.argsort(loss_1.data.cpu())
+    loss_1_sorted = loss_1[ind_1_sorted]
+
+    loss_2 = F.cross_entropy(y_2, t, reduce = False)  # noqa: E251
+    ind_2_sorted = np.argsort(loss_2.data.cpu())
+    loss_2_sorted = loss_2[ind_2_sorted]  # noqa: F841
+
+    remember_rate = 1 - forget_rate
+    num_remember = int(remember_rate * len(loss_1_sorted))
+
+    pure_ratio_1 = np.sum(noise_or_not[ind[ind_1_sorted[:num_remember]]])/float(num_remember)
+    pure_ratio_2 = np.sum(noise_or_not[ind[ind_2_sorted[:num_remember]]])/float(num_remember)
+
+    ind_1_update=ind_1_sorted[:num_remember]
+    ind_2_update=ind_2_sorted[:num_remember]
+    # exchange
+    loss_1_update = F.cross_entropy(y_1[ind_2_update], t[ind_2_update])
+    loss_2_update = F.cross_entropy(y_2[ind_1_update], t[ind_1_update])
+
+    return torch.sum(loss_1_update)/num_remember, torch.sum(loss_2_update)/num_remember, \
+        pure_ratio_1, pure_ratio_2
+
+
+def coteaching_rates(forget_rate, n_epoch, num_gradual, exponent):
+    """The authors' main.py: its drop-rate schedule, and the rate each trained epoch uses
+    (``for epoch in range(1, args.n_epoch)``: epoch 0 only tests the untrained networks)."""
+    rate_schedule = np.ones(n_epoch)*forget_rate
+    rate_schedule[:num_gradual] = np.linspace(0, forget_rate**exponent, num_gradual)
+    return [rate_schedule[epoch] for epoch in range(1, n_epoch)]
 
 
 # ---- formulas ------------------------------------------------------------------------------------
@@ -112,25 +196,43 @@ def test_instance_weighted_loss_is_the_batch_mean_of_weighted_cross_entropy():
     assert torch.allclose(losses.instance_weighted_loss(logits, labels, weights), expected)
 
 
-def test_co_teaching_selection_equals_the_authors_loop_and_each_trains_the_other():
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+def test_co_teaching_selection_equals_the_authors_loss_but_for_its_scale():
+    """Each network trains on the peer's small-loss selection, as the authors' loss_coteaching;
+    theirs returns that selection's mean cross-entropy divided again by num_remember, ours the
+    mean itself (docs/methods.md: why)."""
     torch.manual_seed(0)
-    for n, rate in ((32, 0.0), (32, 0.2), (17, 0.5), (8, 0.75)):
+    for n, rate in ((32, 0.0), (32, 0.2), (17, 0.5), (8, 0.75), (128, 0.5)):
         y_1, y_2 = torch.randn(n, 6), torch.randn(n, 6)
         t = torch.randint(0, 6, (n,))
+        noise_or_not = np.random.default_rng(n).random(n) < 0.6  # True: a clean label
+        ind = np.arange(n)  # the batch's sample numbers
         first, second, mine, theirs = losses.co_teaching_losses(y_1, y_2, t, rate)
-        l1, l2, ind_1, ind_2 = coteaching_step(y_1, y_2, t, rate)
-        assert sorted(mine.tolist()) == sorted(ind_1.tolist())
-        assert sorted(theirs.tolist()) == sorted(ind_2.tolist())
-        assert torch.allclose(first, l1) and torch.allclose(second, l2)
-        assert len(mine) == int((1 - rate) * n)
+        l1, l2, pure_1, pure_2 = loss_coteaching(y_1, y_2, t, rate, ind, noise_or_not)
+        num_remember = int((1 - rate) * n)
+        assert len(mine) == len(theirs) == num_remember
+        assert torch.allclose(first, l1 * num_remember) and torch.allclose(
+            second, l2 * num_remember)
+        assert noise_or_not[mine.numpy()].mean() == pytest.approx(pure_1)
+        assert noise_or_not[theirs.numpy()].mean() == pytest.approx(pure_2)
     t = torch.zeros(2, dtype=torch.long)  # never an empty selection
     assert len(losses.co_teaching_losses(torch.randn(2, 3), torch.randn(2, 3), t, 0.9)[2]) == 1
 
 
-def test_forget_schedule_ramps_linearly_from_epoch_0():
+def test_forget_schedule_ramps_linearly_from_epoch_0_and_the_authors_lead_by_one_step():
     assert [losses.forget_rate(t, 0.5, 10) for t in (0, 1, 5, 10, 11, 40)] == \
         [0.0, 0.05, 0.25, 0.5, 0.5, 0.5]
     assert losses.forget_rate(0, 0.3, 0) == 0.3
+    tau = 0.5
+    theirs = coteaching_rates(tau, 200, 10, 1)  # their k-th trained epoch, k from 0
+    ours = [losses.forget_rate(k, tau, 10) for k in range(199)]
+    assert theirs[0] == pytest.approx(tau / 9) and ours[0] == 0  # the first trained epoch
+    # their epoch 9 (the 9th trained) forgets tau; our 9th (t = 8) 0.8 tau, tau from t = 10
+    assert theirs[8] == tau and theirs.index(tau) == 8
+    assert ours[8] == pytest.approx(0.8 * tau) and ours.index(tau) == 10
+    assert all(a >= b for a, b in zip(theirs, ours))
+    squared = coteaching_rates(tau, 200, 10, 2)  # --exponent 2 ramps to tau**2, then jumps
+    assert squared[8] == tau ** 2 and squared[9] == tau
 
 
 # ---- real training -------------------------------------------------------------------------------
@@ -162,8 +264,8 @@ def test_purifynet_runs_both_stages_in_one_run_and_resumes_mid_stage_2(data_dir,
     original_begin = methods.PurifyNet.begin_epoch
 
     def begin_epoch(self, epoch, run):
-        def train_outputs(net):
-            seen["outputs"] = run.train_outputs(net)
+        def train_outputs(net, view):
+            seen["view"], seen["outputs"] = view, run.train_outputs(net, view)
             return seen["outputs"]
         seen["noisy"] = run.labels.noisy_labels
         return original_begin(self, epoch, methods.RunAccess(
@@ -190,6 +292,7 @@ def test_purifynet_runs_both_stages_in_one_run_and_resumes_mid_stage_2(data_dir,
 
     # stage 2: the network's predicted classes as labels, the released Beta weights
     features, predicted = seen["outputs"]
+    assert seen["view"] == "flipped"  # the released extractor's labels, by default
     assert features.shape[1] == 512 and np.allclose(np.linalg.norm(features, axis=1), 1)
     state = torch.load(Path(whole["run_dir"]) / "last.pt", weights_only=False)
     kept = state["method_state"]
