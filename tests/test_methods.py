@@ -19,10 +19,10 @@ import train_core
 import train_self
 from core_reid.numerics import choose_numerics
 from core_reid.run_data import load_data, train_descriptors_and_classes
-from core_reid.runs import network_from_checkpoint, read_checkpoint
 from core_reid.utils import RunInterrupted
 from datasets import load_split
 from datasets.pipeline import eval_transform
+from model import build_model
 
 TINY = ["--arch", "resnet18", "--pretrained", "none", "--img_size", "32", "16",
         "--batchsize", "4", "--workers", "0", "--lr", "0.02", "--milestones"]
@@ -233,6 +233,32 @@ def test_forget_schedule_ramps_linearly_from_epoch_0_and_the_authors_lead_by_one
     assert all(a >= b for a, b in zip(theirs, ours))
     squared = coteaching_rates(tau, 200, 10, 2)  # --exponent 2 ramps to tau**2, then jumps
     assert squared[8] == tau ** 2 and squared[9] == tau
+
+
+def test_purifynet_stage_2_outputs_are_the_released_extractors(data_dir, tmp_path):
+    """Stage 2's descriptor and class of every training image against extract_feature_v1 run
+    literally on a real network and the real images through the test transform."""
+    parsed = train_self.parse_args(train_self.build_parser(), args(data_dir, tmp_path))
+    torch.manual_seed(0)
+    net = build_model("resnet18", 8, "none")
+    cpu = torch.device("cpu")
+    numerics = choose_numerics(parsed, cpu)
+    data = load_data(parsed, cpu, numerics, with_train_test_view=True)
+    ours, classes = train_descriptors_and_classes(net, data, cpu, numerics)
+
+    train = load_split(data_dir, "market", "train", eval_transform(parsed.img_size))
+    loader = torch.utils.data.DataLoader(train, batch_size=parsed.batchsize, shuffle=False)
+    model = ReleasedEvalNet(net)
+    model.eval()
+    features, new_label = released_extract_feature_v1(model, loader, net.feat_dim)
+    np.testing.assert_array_equal(classes, new_label.astype(np.int64))
+    np.testing.assert_allclose(ours, features.numpy(), atol=1e-5)
+
+    _, plain = train_descriptors_and_classes(net, data, cpu, numerics, "plain")
+    with torch.no_grad():
+        own = torch.cat([model(img)[0] for img, _, _ in loader]).argmax(1).numpy()
+    np.testing.assert_array_equal(plain, own)
+    assert (plain != classes).any()  # the two views differ here, so the test tells them apart
 
 
 # ---- real training -------------------------------------------------------------------------------
