@@ -19,9 +19,11 @@ import train_core
 import train_self
 from core_reid.numerics import choose_numerics
 from core_reid.run_data import load_data, train_descriptors_and_classes
+from core_reid.runs import network_from_checkpoint, read_checkpoint
 from core_reid.utils import RunInterrupted
 from datasets import load_split
 from datasets.pipeline import eval_transform
+from eval_utils import eval_outputs
 from model import build_model
 
 TINY = ["--arch", "resnet18", "--pretrained", "none", "--img_size", "32", "16",
@@ -414,3 +416,53 @@ def test_coteaching_trains_each_network_on_the_others_selection_and_resumes(
                   torch.load(tmp_path / "split" / "last.pt", weights_only=False))
     assert [h["networks"] for h in resumed["history"]] == [h["networks"] for h in history]
     assert resumed["final"] == whole["final"]
+
+
+def test_coteaching_auto_estimates_tau_after_epoch_0_and_resumes_bit_identically(
+        data_dir, tmp_path, monkeypatch):
+    common = args(data_dir, tmp_path, "--method", "coteaching", "--epochs", "3",
+                  "--noise_ratio", "0.5", "--forget_rate", "auto", "--forget_epochs", "2",
+                  "--eval_every", "2")
+    given = []
+    original = losses.estimate_noise_rate
+    monkeypatch.setattr(losses, "estimate_noise_rate",
+                        lambda per_sample: given.append(per_sample) or original(per_sample))
+    whole = train_core.main([*common, "--run_name", "whole"])
+    assert whole["args"]["forget_rate"] == "auto" and len(given) == 1
+    history = whole["history"]
+    tau = history[1]["networks"][0]["forget_rate_estimate"]
+    assert tau == original(given[0])["forget_rate_estimate"] and 0 <= tau < 1
+    for h in history:
+        for net in h["networks"]:
+            assert net["tau"] == net["forget_rate_estimate"] == (None if h["epoch"] == 0
+                                                                 else tau)
+    assert [h["networks"][0]["forget_rate"] for h in history] == [0.0, tau / 2, tau]
+    log = (Path(whole["run_dir"]) / "train.log").read_text()
+    assert f"forget rate estimated at epoch 1 from the training losses: tau = {tau:.3f}" in log
+
+    # what it was given: both networks' losses on the annotated labels after epoch 0, averaged
+    first = train_core.main([*common, "--run_name", "split", "--epochs", "1"])
+    state = read_checkpoint(Path(first["run_dir"]) / "last.pt", "x")
+    parsed = train_core.parse_args(train_core.build_parser(), [*common, "--epochs", "1"])
+    cpu = torch.device("cpu")
+    data = load_data(parsed, cpu, choose_numerics(parsed, cpu))
+    noisy = torch.as_tensor(state["noisy_labels"])
+    per_sample = torch.stack([F.cross_entropy(eval_outputs(
+        network_from_checkpoint(state, k), data.train_plain, lambda m, x: m(x), cpu), noisy,
+        reduction="none") for k in range(2)]).mean(dim=0)
+    np.testing.assert_allclose(given[0], per_sample.numpy(), rtol=1e-5, atol=1e-6)
+
+    # resumed after epoch 0 (estimated then), and stopped in epoch 1 (kept in the checkpoint)
+    resumed = train_core.main([*common, "--run_name", "split", "--resume"])
+    stop_at(monkeypatch, methods.CoTeaching, epoch=1, step=3)
+    with pytest.raises(RunInterrupted):
+        train_core.main([*common, "--run_name", "stopped"])
+    monkeypatch.undo()
+    stopped = torch.load(tmp_path / "stopped" / "last.pt", weights_only=False)
+    assert stopped["method_state"]["tau"] == tau
+    again = train_core.main([*common, "--run_name", "stopped", "--resume"])
+    final = torch.load(Path(whole["run_dir"]) / "last.pt", weights_only=False)
+    for run in (resumed, again):
+        same_networks(final, torch.load(Path(run["run_dir"]) / "last.pt", weights_only=False))
+        assert [h["networks"] for h in run["history"]] == [h["networks"] for h in history]
+        assert run["final"] == whole["final"]
