@@ -276,8 +276,9 @@ class CoTeaching(Baseline):
     """Co-teaching: two networks on the same batches; each ranks the batch by its own
     cross-entropy on the noisy labels, keeps the ``1 - r(t)`` fraction with the smallest, and
     the *other* network trains on those. r(t) = tau * min(t / forget_epochs, 1), tau =
-    ``forget_rate``, or with 'auto' the noise rate estimated from the training losses after
-    epoch 0 (which r(0) = 0 leaves whole), kept in the method's state."""
+    ``forget_rate``, or with 'auto' the noise rate estimated from the training losses before
+    each epoch t of the ramp (1 <= t <= forget_epochs; epoch 0 drops nothing whatever tau)
+    and kept from then on; the last estimate is in the method's state."""
     name = "coteaching"
     networks = 2
     fixed_on_resume = ("forget_rate", "forget_epochs")
@@ -307,7 +308,7 @@ class CoTeaching(Baseline):
 
     def begin_epoch(self, epoch: int, run: RunAccess) -> list[str]:
         self.counts.zero_()
-        if self.tau is not None or epoch == 0:
+        if not self.auto or epoch == 0 or epoch > self.forget_epochs:
             return []
         self.estimate = estimate_forget_rate(run)
         self.tau = self.estimate["forget_rate_estimate"]

@@ -88,5 +88,7 @@ def test_the_loss_mixture_recovers_a_known_fraction_whatever_the_sample_order():
         assert stds == pytest.approx([0.5, 0.8], abs=0.1)
         estimate = losses.estimate_noise_rate(values)
         assert estimate["forget_rate_estimate"] == pytest.approx(noisy.mean(), abs=0.02)
+        assert estimate["clean_mean_loss"] == pytest.approx(1.0, abs=0.1)
+        assert estimate["noisy_mean_loss"] == pytest.approx(4.0, abs=0.1)
         assert losses.estimate_noise_rate(rng.permutation(values)) == estimate  # bit for bit
     assert losses.estimate_noise_rate(np.full(10, 2.0))["forget_rate_estimate"] == 0.0
