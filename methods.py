@@ -13,7 +13,8 @@ loop in core_reid/engine.py.
   0.5). Stage 2: fresh optimiser; the stage-1 network's predicted class of every training image
   becomes its label, weighted by a Beta pdf of its distance to its noisy class's mean feature.
 - Co-teaching (Han et al., NeurIPS 2018): two networks on the same batches; each keeps the
-  small-loss fraction of the batch and its peer trains on it.
+  small-loss fraction of the batch and its peer trains on it. The fraction dropped: the true
+  noise rate, or (``--forget_rate auto``) the rate estimated from the training losses.
 """
 from __future__ import annotations
 

@@ -170,8 +170,9 @@ def add_core_args(parser: argparse.ArgumentParser) -> None:
     a("--forget_rate", type=rate_or_auto, default=None, metavar="TAU",
       help="Co-teaching: the fraction tau of each batch dropped once the schedule has ramped "
       "up (default: --noise_ratio, the true rate, as the authors' code); 'auto': the noise "
-      "rate estimated from the training data alone, from the per-sample losses after epoch 0 "
-      "(recorded as forget_rate_estimate; see docs/methods.md)")
+      "rate estimated from the training data alone, a mixture on the per-sample losses "
+      "re-estimated before each epoch of the ramp and kept from epoch T_k on (recorded as "
+      "forget_rate_estimate; see docs/methods.md)")
     a("--forget_epochs", type=int, default=10,
       help="Co-teaching: T_k, the drop rate grows as tau * min(epoch / T_k, 1), epochs counted "
       "from 0")
