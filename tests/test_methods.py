@@ -301,7 +301,7 @@ def test_purifynet_runs_both_stages_in_one_run_and_resumes_mid_stage_2(data_dir,
         seen["noisy"] = run.labels.noisy_labels
         return original_begin(self, epoch, methods.RunAccess(
             run.peers, run.labels, run.num_classes, run.device, train_outputs, run.load_best,
-            run.reset_optimizers))
+            run.reset_optimizers, run.train_logits))
 
     batches = []
     original_loss = losses.instance_weighted_loss
