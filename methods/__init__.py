@@ -11,6 +11,8 @@ through adding one.
 - PurifyNet: one network, two stages (a ramped-lambda SELF, then the stage-1 network's
   predictions as labels, Beta-weighted).
 - Co-teaching: two networks; each keeps the small-loss part of the batch for its peer.
+- JoCoR: two networks trained together on the small-loss part of one joint loss (their
+  cross-entropies and a symmetric KL between them).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from methods.base import Method, Peer, RunAccess, flags_of, step_decay
 from methods.baseline import Baseline
 from methods.core import CoRefining
 from methods.coteaching import CoTeaching
+from methods.jocor import JoCoR
 from methods.purifynet import PurifyNet
 from methods.self_refining import SelfRefining
 
@@ -41,7 +44,7 @@ def register(method: type[Method]) -> type[Method]:
     return method
 
 
-for _method in (Baseline, SelfRefining, CoRefining, PurifyNet, CoTeaching):
+for _method in (Baseline, SelfRefining, CoRefining, PurifyNet, CoTeaching, JoCoR):
     register(_method)
 
 
