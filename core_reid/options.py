@@ -1,6 +1,7 @@
 """The flags of train_self.py and train_core.py (both scripts' parsers live here, so the grid
 can parse a run's command without importing a script), the built-in demo's values, and the checks
-that run on them before any work starts.
+that run on them before any work starts. The shared flags are here; ``--method`` and each
+method's own flags, checks and defaults come from the method registry (methods/).
 
 The defaults are the released code's; every number the loop uses is one of these flags.
 """
