@@ -24,8 +24,8 @@ from methods.jocor import JoCoR
 from methods.purifynet import PurifyNet
 from methods.self_refining import SelfRefining
 
-__all__ = ["METHODS", "PAPER_METHODS", "Method", "Peer", "RunAccess", "flags_of", "method_flags",
-           "register", "script_methods", "step_decay"]
+__all__ = ["METHODS", "PAPER_METHODS", "Method", "Peer", "RunAccess", "method_flags", "register",
+           "script_methods", "step_decay"]
 
 SCRIPTS = ("train_self.py", "train_core.py")
 METHODS: dict[str, type[Method]] = {}

@@ -108,11 +108,6 @@ class Method:
         return [k for k in reversed(cls.__mro__)
                 if k is not Method and issubclass(k, Method) and "add_args" in vars(k)]
 
-    @classmethod
-    def flags_read(cls) -> list[str]:
-        """Every method flag this method reads, as ``--name``."""
-        return [flag for k in cls.flag_classes() for flag in flags_of(k)]
-
     # ---- its schedule and stages ----------------------------------------------------------------
 
     def lr_schedule(self, args: argparse.Namespace) -> np.ndarray:

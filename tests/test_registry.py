@@ -219,7 +219,7 @@ def test_a_registered_method_is_planned_and_reported_by_the_grid(data_dir, tmp_p
     assert row == f"| EMA teacher | {100 * final['rank1']:.1f} / {100 * final['mAP']:.1f} |"
 
 
-# ---- checkpoints written before the registry -------------------------------------------------------
+# ---- checkpoints written before the registry ------------------------------------------------
 
 BEFORE_REGISTRY = "b26f684"  # main before the registry: SELF's lambdas outside method_state
 # Run the earlier code's script with a real SIGTERM in ``step`` (from 1) of ``epoch``: it saves
