@@ -3,19 +3,18 @@
 train_core.py with Co-teaching's diagnostics, exact resume after a real SIGTERM mid-epoch, its
 flags and defaults, and its place in the grid and the report."""
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_methods import same_networks, stop_at
+from test_methods import stopped_and_resumed_like
 
 import losses
 import reproduce
 import train_core
 from core_reid.reproduction.plan import expand
-from core_reid.utils import RunInterrupted, UserError
+from core_reid.utils import UserError
 from methods import METHODS
 from methods.jocor import JoCoR, jocor_losses
 
@@ -156,15 +155,7 @@ def test_jocor_trains_both_networks_on_one_selection_and_resumes_exactly(
     assert history[0]["networks"][0]["selected_noisy_fraction"] == pytest.approx(
         1 - whole["injected_label_precision"])  # epoch 0: everything is selected
 
-    stop_at(monkeypatch, JoCoR, epoch=1, step=3)
-    with pytest.raises(RunInterrupted):
-        train_core.main([*common, "--run_name", "split"])
-    monkeypatch.undo()
-    resumed = train_core.main([*common, "--run_name", "split", "--resume"])
-    same_networks(torch.load(Path(whole["run_dir"]) / "last.pt", weights_only=False),
-                  torch.load(tmp_path / "split" / "last.pt", weights_only=False))
-    assert [h["networks"] for h in resumed["history"]] == [h["networks"] for h in history]
-    assert resumed["final"] == whole["final"]
+    stopped_and_resumed_like(whole, train_core.main, common, JoCoR, monkeypatch)
 
 
 def test_jocor_flags_defaults_and_checks(data_dir, tmp_path):

@@ -274,12 +274,20 @@ def test_coteaching_trains_each_network_on_the_others_selection_and_resumes(
     assert history[0]["networks"][0]["selected_noisy_fraction"] == pytest.approx(
         1 - whole["injected_label_precision"])  # epoch 0: everything is selected
 
-    stop_at(monkeypatch, methods.CoTeaching, epoch=1, step=3)
+    stopped_and_resumed_like(whole, train_core.main, common, methods.CoTeaching, monkeypatch)
+
+
+def stopped_and_resumed_like(whole, main, common, cls, monkeypatch, epoch=1, step=3):
+    """A run of ``common`` stopped by SIGTERM in ``step`` of ``epoch`` and resumed ends with the
+    networks, history and scores of the uninterrupted run ``whole``."""
+    stop_at(monkeypatch, cls, epoch, step)
     with pytest.raises(RunInterrupted):
-        train_core.main([*common, "--run_name", "split"])
+        main([*common, "--run_name", "split"])
     monkeypatch.undo()
-    resumed = train_core.main([*common, "--run_name", "split", "--resume"])
+    resumed = main([*common, "--run_name", "split", "--resume"])
+    split = Path(resumed["run_dir"]) / "last.pt"
     same_networks(torch.load(Path(whole["run_dir"]) / "last.pt", weights_only=False),
-                  torch.load(tmp_path / "split" / "last.pt", weights_only=False))
-    assert [h["networks"] for h in resumed["history"]] == [h["networks"] for h in history]
+                  torch.load(split, weights_only=False))
+    assert [h["networks"] for h in resumed["history"]] == \
+        [h["networks"] for h in whole["history"]]
     assert resumed["final"] == whole["final"]
