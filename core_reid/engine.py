@@ -195,8 +195,8 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
         if ckpt is None and (run_dir / "last.pt").is_file():
             raise UserError(f"{run_dir}: another process wrote this run while this one "
                             "started; rerun with --resume auto to continue it")
-        state = (load_for_resume(ckpt, args, method.name, method.fixed_on_resume) if ckpt
-                 else None)
+        state = (load_for_resume(ckpt, args, method.name, method.fixed_on_resume,
+                                 method.fixed_before_flag) if ckpt else None)
         if state is not None:
             check_metrics_file(run_dir, state)
         weights, pretrained = (initial_backbone(args, train) if state is None

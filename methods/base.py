@@ -88,6 +88,8 @@ class Method:
     # (flag, checkpoints) the networks start from, when a run starts
     init_checkpoints: Optional[tuple[str, list[str]]] = None
     fixed_on_resume: tuple[str, ...] = ()  # flags a resumed run may not change
+    # What a checkpoint written before one of those flags existed ran with (flag: value).
+    fixed_before_flag: dict[str, Any] = {}
     uses_train_test_view = False  # reads the training images through the test transform
 
     def __init__(self, args: argparse.Namespace):

@@ -111,7 +111,7 @@ class CoTeaching(Method):
         precision of what it trained on (what its peer selected)."""
         counts = self.counts.tolist()
         noisy_fraction = [n / total if total else 0.0 for total, n in counts]
-        return {"forget_rate": self.drop_rate(epoch), "tau": self.tau,
+        return {"forget_rate": self.drop_rate(epoch),
                 **({"forget_rate_estimate": self.tau} if self.auto else {}),
                 "selected_noisy_fraction": noisy_fraction[k],
                 "train_label_precision": 1.0 - noisy_fraction[1 - k]}

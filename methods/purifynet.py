@@ -38,6 +38,8 @@ class PurifyNet(SelfRefining):
     defaults = {"epochs": 41, "milestones": [19, 39]}
     fixed_on_resume = ("epochs", "milestones", "purify_stage", "ramp_epochs", "beta_shape",
                        "stage2_from", "stage1_checkpoint", "stage2_view")
+    # before --stage2_view, stage 2's labels came from the image's own logits
+    fixed_before_flag = {"stage2_view": "plain"}
     uses_train_test_view = True  # stage 2's descriptors and predicted classes
 
     def __init__(self, args: argparse.Namespace):

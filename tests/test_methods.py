@@ -444,7 +444,7 @@ def test_coteaching_auto_estimates_tau_in_the_ramp_and_resumes_bit_identically(
     assert all(0 <= tau < 1 for tau in taus)
     for h, tau in zip(history, [None, *taus]):
         for net in h["networks"]:
-            assert net["tau"] == net["forget_rate_estimate"] == tau
+            assert net["forget_rate_estimate"] == tau
     assert [h["networks"][0]["forget_rate"] for h in history] == [0.0, taus[0] / 2, taus[1]]
     log = (Path(whole["run_dir"]) / "train.log").read_text()
     for epoch, tau in enumerate(taus, start=1):
@@ -479,16 +479,24 @@ def test_coteaching_auto_estimates_tau_in_the_ramp_and_resumes_bit_identically(
         assert run["final"] == whole["final"]
 
 
-@pytest.mark.parametrize("ratio", ["0.2", "0.5"])
-def test_coteaching_auto_estimates_a_known_noise_rate_within_0_1(tmp_path_factory, ratio):
-    """The paper's regime (a backbone pretrained on other people) on a synthetic set of known
-    noise: the rate estimated at the end of the ramp, and kept for the rest of the run, is
-    within 0.1 of the rate the injection realised. One CPU thread, so the numbers (and the
-    margin: 0.07 and 0.06 when written) are the same on any machine with this torch."""
+@pytest.fixture(scope="module")
+def known_noise_data(tmp_path_factory):
+    """A synthetic set of 30 training identities x 12 images, shared by both ratios (and so is
+    the synthetic pretraining, made once in it)."""
     root = tmp_path_factory.mktemp("auto")
     download = make_preset(root / "download", "demo", workers=1, num_train_ids=30,
                            num_test_ids=10, images_per_id=12)
     prepare(download, root / "market", progress=False)
+    return root
+
+
+@pytest.mark.parametrize("ratio", ["0.2", "0.5"])
+def test_coteaching_auto_estimates_a_known_noise_rate_within_0_1(known_noise_data, ratio):
+    """The paper's regime (a backbone pretrained on other people) on a synthetic set of known
+    noise: the rate estimated at the end of the ramp, and kept for the rest of the run, is
+    within 0.1 of the rate the injection realised. One CPU thread, so the numbers (and the
+    margin: 0.07 and 0.06 when written) are the same on any machine with this torch."""
+    root = known_noise_data
     spec = pretraining.PretrainingSpec(identities=60, images_per_id=10, test_identities=10,
                                        epochs=6, milestones=(), batchsize=32)
     threads = torch.get_num_threads()
@@ -496,7 +504,7 @@ def test_coteaching_auto_estimates_a_known_noise_rate_within_0_1(tmp_path_factor
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(pretraining, "DEFAULT_SPEC", spec)
             result = train_core.main([
-                "--data_dir", str(root), "--output_dir", str(root / "res"), "--method",
+                "--data_dir", str(root), "--output_dir", str(root / f"res{ratio}"), "--method",
                 "coteaching", "--forget_rate", "auto", "--noise_ratio", ratio, "--arch",
                 "resnet18", "--pretrained", "synthetic", "--img_size", "32", "16",
                 "--batchsize", "16", "--workers", "0", "--threads", "1", "--epochs", "11",
@@ -504,6 +512,6 @@ def test_coteaching_auto_estimates_a_known_noise_rate_within_0_1(tmp_path_factor
     finally:
         torch.set_num_threads(threads)
     last = result["history"][-1]["networks"][0]
-    assert last["tau"] == last["forget_rate_estimate"] == last["forget_rate"]
+    assert last["forget_rate_estimate"] == last["forget_rate"]  # the ramp is over
     assert last["forget_rate_estimate"] == pytest.approx(result["realised_noise_rate"],
                                                          abs=0.1)
