@@ -44,10 +44,11 @@ from datasets.manifest import write_manifest  # noqa: E402
 from datasets.market1501 import JUNK_PID  # noqa: E402
 from datasets.noise import load_noise  # noqa: E402
 from datasets.split_labels import write_split_labels  # noqa: E402
+from methods import METHODS  # noqa: E402
 from core_reid.audit import AUDIT_FOLDER, audit_labels, network_probabilities  # noqa: E402
 from core_reid.checkpoint_eval import open_checkpoint  # noqa: E402
 from core_reid.engine import train  # noqa: E402
-from core_reid.options import SCRIPT_OF, build_parser, parse_args  # noqa: E402
+from core_reid.options import build_parser, parse_args  # noqa: E402
 from core_reid.reproduction.plan import NoiseSetting, parse_noise  # noqa: E402
 from core_reid.run_data import load_training_view, prepare_synthetic_data  # noqa: E402
 from core_reid.runs import NOISE_FILE  # noqa: E402
@@ -123,7 +124,7 @@ class Bench:
         argv = [*self.flags, *(self.core_flags if method == "core" else []), *argv,
                 "--output_dir", str(run_dir.parent), "--run_name", name]
         if not _finished(run_dir):
-            script = SCRIPT_OF[method]
+            script = METHODS[method].script
             print(f"training {name}: python {script} --method {method} {shlex.join(argv)}",
                   flush=True)
             args = parse_args(build_parser(script), [*argv, "--method", method, "--resume",

@@ -47,8 +47,10 @@ mysql -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
     GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
 
 # configuration (rewritten each time: the node's name and CPU count are this machine's)
-install -d -o slurm -g slurm /var/spool/slurmctld /var/log/slurm /run/slurm
-install -d /var/spool/slurmd /etc/slurm
+# slurmctld's state lives under $STATE, not /var/spool: a machine image that already ran another
+# cluster leaves its name there, and slurmctld refuses to start on it ("CLUSTER NAME MISMATCH").
+install -d -o slurm -g slurm "$STATE/slurmctld" /var/log/slurm /run/slurm
+install -d "$STATE/slurmd" /etc/slurm
 umask 077
 cat > /etc/slurm/slurmdbd.conf <<CONF
 AuthType=auth/munge
@@ -73,8 +75,8 @@ ClusterName=corereid
 SlurmctldHost=$NODE
 SlurmUser=slurm
 AuthType=auth/munge
-StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
+StateSaveLocation=$STATE/slurmctld
+SlurmdSpoolDir=$STATE/slurmd
 SlurmctldPidFile=/run/slurm/slurmctld.pid
 SlurmdPidFile=/run/slurm/slurmd.pid
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
@@ -117,8 +119,9 @@ fi
 
 for daemon in slurmdbd slurmctld slurmd; do
     if ! running "$daemon"; then
+        rm -f "/run/slurm/$daemon.pid"  # a stale one would pass the wait below
         "$daemon"
-        wait_for 20 test -s "/run/slurm/$daemon.pid"
+        wait_for 20 test -s "/run/slurm/$daemon.pid" || { tail -5 "/var/log/slurm/$daemon.log" >&2; exit 1; }
         sleep 2
         cp "/run/slurm/$daemon.pid" "$PIDS/$daemon"
     fi
