@@ -16,7 +16,7 @@ For each noise setting (default: random and patterned, 20% and 50%):
 3. CORE is trained again on the audit's refined_labels.csv and on (c)'s cleaned labels (each
    flagged image relabelled with its out-of-sample prediction), both with ``--labels``, once
    every setting has its detection table, the noisiest settings first (results.md is
-   rewritten as results come in).
+   rewritten as results come in); ``--detect_only`` stops before this step.
 
 Per detector: flagged images, their precision and recall, precision at K (K = the injected
 errors; = recall at K) and the AUROC of the score. Per training-label set: its label precision
@@ -76,6 +76,8 @@ def build_cli() -> ArgumentParser:
     a("--milestones", type=int, nargs="*", default=[8, 20], help="learning-rate decays")
     a("--stage1_epochs", type=int, default=8, help="CORE: co-refining from the next epoch")
     a("--fold_seed", type=int, default=0, help="seed of the fold assignment")
+    a("--detect_only", action="store_true", help="the detection table alone: no retraining on "
+      "the refined and cleaned labels (the noisy labels' scores are the detecting run's)")
     return parser
 
 
@@ -235,30 +237,37 @@ def detect(bench: Bench, noise: NoiseSetting, folds: int, fold_seed: int,
     cleanlab_csv = bench.out / "labels" / f"{setting}_cleanlab.csv"
     write_split_labels(cleanlab_csv, split, get_dataset_info("market"), cleaned)
     true = labels.clean_labels
+    noisy_precision = float((noisy == true).mean())
     return {"setting": noise.label, "name": setting, "ratio": noise.ratio, "images": len(noisy),
             "errors": int(corrupted.sum()),
             "detectors": {
                 "CORE audit": detection(core.suspicion, core.refined != noisy, corrupted),
                 "cleanlab, in-sample": detection(*in_sample, corrupted),
                 "cleanlab, out-of-sample": detection(*out_of_sample, corrupted)},
-            "labels": {"noisy": (float((noisy == true).mean()), str(core_dir)),
+            "labels": {"noisy": (noisy_precision, str(core_dir)),
                        "CORE refined": (float((core.refined == true).mean()),
                                         str(folder / "refined_labels.csv")),
                        "cleanlab cleaned": (float((cleaned == true).mean()),
                                             str(cleanlab_csv))},
-            "training": {}}
+            # the noisy labels' scores: the detecting run's
+            "training": {"noisy": {"label_precision": noisy_precision,
+                                   **final_scores(core_dir)}}}
+
+
+def final_scores(run_dir: Path) -> dict[str, float]:
+    """The run's final rank-1 and mAP (network 1)."""
+    final = json.loads((run_dir / "metrics.json").read_text())["final"]
+    return {"rank1": final["rank1"], "mAP": final["mAP"]}
 
 
 def retrain(bench: Bench, result: dict[str, Any]) -> None:
     """CORE trained again on the refined and on the cleaned labels: each label set's final
-    rank-1 and mAP (the noisy labels': the detecting run's), into ``result``."""
+    rank-1 and mAP, into ``result``."""
     for name, (precision, source) in result["labels"].items():
-        run_dir = Path(source) if name == "noisy" else bench.run(
-            "core", f"{result['name']}_core_{name.split()[-1]}",
-            ["--data_dir", str(bench.data_dir), "--labels", source])
-        final = json.loads((run_dir / "metrics.json").read_text())["final"]
-        result["training"][name] = {"label_precision": precision, "rank1": final["rank1"],
-                                    "mAP": final["mAP"]}
+        if name != "noisy":  # the detecting run's, already there
+            result["training"][name] = {"label_precision": precision, **final_scores(bench.run(
+                "core", f"{result['name']}_core_{name.split()[-1]}",
+                ["--data_dir", str(bench.data_dir), "--labels", source]))}
 
 
 def cost_note(images: int, folds: int, epochs: int) -> str:
@@ -312,7 +321,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     for setting in settings:  # the detection tables first, then the retraining
         results.append(detect(bench, setting, cli.folds, cli.fold_seed, pattern_model))
         report = write_results(out, results, cli.folds, cli.epochs)
-    for result in sorted(results, key=lambda r: -r["ratio"]):  # the most noise first
+    # the most noise first
+    for result in [] if cli.detect_only else sorted(results, key=lambda r: -r["ratio"]):
         retrain(bench, result)
         report = write_results(out, results, cli.folds, cli.epochs)
     print(report)

@@ -223,8 +223,13 @@ def test_comparison_with_cleanlab_on_tiny_data(data_dir, tmp_path):
             "--folds", "2", "--epochs", "2", "--milestones", "--stage1_epochs", "0",
             "--pretrained", "none", "--batchsize", "4", "--workers", "0", "--lr", "0.01",
             "--eval_every", "2"]
-    results = bench.main(argv)
+    (detected,) = bench.main([*argv, "--detect_only"])
+    assert list(detected["training"]) == ["noisy"]  # the detecting run's scores alone
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [
+        "random0.5_core", "random0.5_fold0", "random0.5_fold1"]  # no retraining
+    results = bench.main(argv)  # the retraining, reusing the rest
     (result,) = results
+    assert result["detectors"] == detected["detectors"]
     core_run = out / "runs" / "random0.5_core"
     audit_csv = core_run / "audit" / "label_audit.csv"
     rows = read_csv(audit_csv)
