@@ -51,8 +51,7 @@ GRID_FLAGS = ("--dataset", "--noise_ratio", "--pattern", "--pattern_model", "--s
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description=__doc__, allow_abbrev=False,  # --seed is not --seeds
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, allow_abbrev=False)  # --seed is not --seeds
     a = parser.add_argument
     a("--datasets", nargs="+", default=None,
       help=f"datasets (default: the paper's, {' '.join(PAPER_DATASETS)})")
@@ -69,7 +68,8 @@ def build_parser() -> ArgumentParser:
     a("--launcher", default="local", choices=["local", "slurm"],
       help="'local': this machine, one run per visible GPU at a time (serially on the CPU); "
       "'slurm': one submitit job per run")
-    a("--partition", default=None, help="SLURM partition (--launcher slurm)")
+    a("--partition", default=None, help="SLURM partition (--launcher slurm; default: the "
+      "cluster's default partition)")
     a("--time", type=int, default=1440, help="SLURM time limit per job in minutes; a job that "
       "reaches it saves its run and is requeued (--launcher slurm)")
     a("--gpus_per_job", type=int, default=1, help="GPUs per SLURM job (--launcher slurm)")
