@@ -28,7 +28,8 @@ from typing import Optional, Sequence
 
 from methods import METHODS, PAPER_METHODS
 from core_reid.reproduction.launch import SlurmLauncher, grid_status, prepare_inputs, run_local
-from core_reid.reproduction.plan import Run, describe_plan, expand, parse_noise
+from core_reid.reproduction.plan import (GRID_RECORD, Run, describe_plan, expand, parse_noise,
+                                         record_grid, recorded_grid)
 from core_reid.reproduction.report import write_report
 from core_reid.reproduction.slurm import check_request
 from core_reid.utils import (ArgumentParser, FolderLock, UserError, check_number,
@@ -58,7 +59,7 @@ def build_parser() -> ArgumentParser:
     a("--noise", nargs="+", default=None,
       help=f"noise settings: clean, random:R[,R...], pattern:R[,R...] (default: the paper's, "
       f"{' '.join(PAPER_NOISE)})")
-    a("--methods", nargs="+", default=list(PAPER_METHODS), choices=METHODS,
+    a("--methods", nargs="+", default=None, choices=METHODS,
       help=f"methods (default: the paper's, {' '.join(PAPER_METHODS)}; also purifynet, "
       "coteaching: docs/methods.md)")
     a("--seeds", type=int, nargs="+", default=None, help="seeds (default: 1 2 3); all share "
@@ -79,11 +80,12 @@ def build_parser() -> ArgumentParser:
     a("--detach", action="store_true", help="submit every run (SLURM enforces the order) and "
       "exit; follow them with --status (--launcher slurm)")
     a("--status", action="store_true", help="show each run: done, pending, running, failed, "
-      "cancelled, blocked, not started; train nothing")
+      "cancelled, blocked, not started; train nothing. With --report, needs no other flag "
+      "than --output_dir: the grid is the one the last launching command recorded there")
     a("--dry_run", action="store_true", help="print the plan and the exact training commands; "
       "train nothing")
     a("--report", action="store_true", help="only write the tables and figures from the runs "
-      "there are")
+      "there are (no training data needed)")
     a("--demo", action="store_true", help="a tiny grid on synthetic data (CPU, minutes): "
       f"{' '.join(DEMO['noise'])}, seed 1, 28 epochs, from the synthetic pretraining")
     return parser
@@ -102,11 +104,14 @@ def parse(argv: Optional[Sequence[str]]):
     if cli.detach and (cli.launcher != "slurm" or cli.slurm_local):
         raise UserError("--detach needs --launcher slurm (without --slurm_local): only a "
                         "cluster runs the jobs once this command has exited")
-    demo = DEMO if cli.demo else {}
-    cli.datasets = cli.datasets or demo.get("datasets", PAPER_DATASETS)
-    cli.noise = parse_noise(cli.noise or demo.get("noise", PAPER_NOISE))
-    cli.seeds = cli.seeds or demo.get("seeds", [1, 2, 3])
-    return cli, [*demo.get("train_flags", []), *train_flags]
+    # Unless given: --demo's, else (--report, --status) the grid's own record, else the paper's.
+    base = DEMO if cli.demo else (recorded_grid(Path(cli.output_dir))
+                                  if cli.report or cli.status else {})
+    cli.datasets = cli.datasets or base.get("datasets", PAPER_DATASETS)
+    cli.noise = parse_noise(cli.noise or base.get("noise", PAPER_NOISE))
+    cli.methods = cli.methods or base.get("methods", list(PAPER_METHODS))
+    cli.seeds = cli.seeds or base.get("seeds", [1, 2, 3])
+    return cli, [*base.get("train_flags", []), *train_flags]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
@@ -114,7 +119,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
     cli, train_flags = parse(argv)
     grid_dir = Path(cli.output_dir).resolve()
     check_writable_folder("--output_dir", grid_dir)
-    runs = expand(cli.datasets, cli.noise, cli.methods, cli.seeds, train_flags, grid_dir)
+    looking = cli.status or cli.report  # reads the grid folder alone: no training data needed
+    runs = expand(cli.datasets, cli.noise, cli.methods, cli.seeds, train_flags, grid_dir,
+                  check=not looking)
+    if looking and (grid_dir / GRID_RECORD).is_file():
+        print(f"grid: as recorded in {grid_dir / GRID_RECORD} by: "
+              f"{recorded_grid(grid_dir)['command']}", flush=True)
     if cli.status:
         for line in grid_status(runs, grid_dir):
             print(line)
@@ -130,7 +140,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
             if all(run.status()[0] == "done" for run in runs):
                 print("every run is done: nothing to train")
             else:
-                outcomes = launch(cli, runs, grid_dir)
+                outcomes = launch(cli, runs, grid_dir, train_flags, argv)
     finally:
         grid_dir.mkdir(parents=True, exist_ok=True)
         written = write_report(runs, grid_dir)
@@ -144,10 +154,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
     return outcomes
 
 
-def launch(cli: argparse.Namespace, runs: list[Run], grid_dir: Path) -> dict[str, str]:
+def launch(cli: argparse.Namespace, runs: list[Run], grid_dir: Path, train_flags: list[str],
+           argv: Optional[Sequence[str]]) -> dict[str, str]:
     """Train what is not done, one launcher per grid at a time; on SLURM, first ask whether the
-    cluster accepts the jobs' request, before anything is made for them."""
+    cluster accepts the jobs' request, before anything is made for them. The grid is recorded
+    in its folder first, for --report and --status."""
     with FolderLock(grid_dir, "a launcher of this grid"):
+        record_grid(grid_dir, cli.datasets, cli.noise, cli.methods, cli.seeds, train_flags,
+                    ["python", "reproduce.py", *(sys.argv[1:] if argv is None else argv)])
         if cli.launcher == "local":
             prepare_inputs([run for run in runs if run.status()[0] != "done"])
             return run_local(runs, grid_dir, os.getcwd())
