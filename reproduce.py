@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from methods import METHODS, PAPER_METHODS
-from core_reid.reproduction.launch import SlurmLauncher, grid_status, prepare_inputs, run_local
+from core_reid.reproduction.launch import (UNFINISHED, SlurmLauncher, grid_status,
+                                           prepare_inputs, run_local)
 from core_reid.reproduction.plan import (GRID_RECORD, Run, describe_plan, expand, parse_noise,
                                          record_grid, recorded_grid)
 from core_reid.reproduction.report import write_report
-from core_reid.reproduction.slurm import check_request
+from core_reid.reproduction.slurm import MAX_TIMEOUTS, check_request, check_time
 from core_reid.utils import (ArgumentParser, FolderLock, UserError, check_number,
                              check_writable_folder, run_cli)
 
@@ -46,7 +47,6 @@ DEMO = dict(datasets=["market"], noise=["random:0.5"], seeds=[1],
             train_flags=["--demo", "--img_size", "32", "16", "--epochs", "28", "--milestones",
                          "20", "25", "--stage1_epochs", "20", "--eval_every", "4",
                          "--pretrained", "synthetic"])
-UNFINISHED = ("failed", "blocked", "cancelled")  # outcomes that make the exit status 1
 GRID_FLAGS = ("--dataset", "--noise_ratio", "--pattern", "--pattern_model", "--seed",
               "--method", "--output_dir", "--run_name", "--resume")
 
@@ -71,8 +71,11 @@ def build_parser() -> ArgumentParser:
       "'slurm': one submitit job per run")
     a("--partition", default=None, help="SLURM partition (--launcher slurm; default: the "
       "cluster's default partition)")
-    a("--time", type=int, default=1440, help="SLURM time limit per job in minutes; a job that "
-      "reaches it saves its run and is requeued (--launcher slurm)")
+    a("--time", type=int, default=1440, help="SLURM time limit per job in minutes (at least 3); "
+      "a job that reaches it saves its run and is requeued (--launcher slurm)")
+    a("--max_timeouts", type=int, default=MAX_TIMEOUTS, help="how many times a job may reach "
+      "its --time and be requeued to go on (submitit's max_num_timeout); a run that needs "
+      "longer ends 'timed-out', its progress saved (--launcher slurm)")
     a("--gpus_per_job", type=int, default=1, help="GPUs per SLURM job (--launcher slurm)")
     a("--cpus_per_job", type=int, default=8, help="CPUs per SLURM job, for data loading")
     a("--slurm_local", action="store_true", help="run the slurm launcher's jobs through "
@@ -99,6 +102,9 @@ def parse(argv: Optional[Sequence[str]]):
             raise UserError(f"{flag} is set by the grid for each run; use --datasets, --noise, "
                             "--methods, --seeds or --output_dir instead")
     check_number("--time", cli.time, cli.time >= 1, ">= 1 (minutes)")
+    check_number("--max_timeouts", cli.max_timeouts, cli.max_timeouts >= 0, ">= 0")
+    if cli.launcher == "slurm":
+        check_time(cli.time)
     check_number("--gpus_per_job", cli.gpus_per_job, cli.gpus_per_job >= 0, ">= 0")
     check_number("--cpus_per_job", cli.cpus_per_job, cli.cpus_per_job >= 1, ">= 1")
     if cli.detach and (cli.launcher != "slurm" or cli.slurm_local):
@@ -169,8 +175,8 @@ def launch(cli: argparse.Namespace, runs: list[Run], grid_dir: Path, train_flags
             check_request(cli.partition, cli.time, cli.gpus_per_job, cli.cpus_per_job)
         prepare_inputs([run for run in runs if run.status()[0] != "done"])
         return SlurmLauncher(runs, grid_dir, os.getcwd(), cli.partition, cli.time,
-                             cli.gpus_per_job, cli.cpus_per_job, cli.slurm_local
-                             ).run(cli.detach)
+                             cli.gpus_per_job, cli.cpus_per_job, cli.slurm_local,
+                             cli.max_timeouts).run(cli.detach)
 
 
 if __name__ == "__main__":
