@@ -30,7 +30,10 @@ def pick_device(args: argparse.Namespace) -> torch.device:
             print("note: no CUDA device found; running on the CPU (slow for ResNet-50)")
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise UserError("--device cuda: PyTorch sees no CUDA device; use --device cpu")
+        raise UserError(f"--device cuda: PyTorch {torch.__version__} sees no CUDA device (built "
+                        f"for CUDA {torch.version.cuda or 'none: a CPU-only build'}); install "
+                        "the build that matches the NVIDIA driver (README, On a GPU), or use "
+                        "--device cpu")
     return torch.device(f"cuda:{args.gpu}" if args.gpu is not None else "cuda")
 
 
