@@ -36,8 +36,8 @@ from core_reid.reproduction.slurm import MAX_TIMEOUTS, check_request, check_time
 from core_reid.utils import (ArgumentParser, FolderLock, UserError, check_number,
                              check_writable_folder, run_cli)
 
-# The paper's experiments (DESIGN.md): three datasets, clean labels and 10/20/30% random and
-# patterned noise, the three methods, three seeds.
+# The paper's experiments (docs/reproducing.md): three datasets, clean labels and 10/20/30% random
+# and patterned noise, the three methods, three seeds.
 PAPER_DATASETS = ["market", "duke", "cuhk03"]
 PAPER_NOISE = ["clean", "random:0.1,0.2,0.3", "pattern:0.1,0.2,0.3"]
 # The demo grid: synthetic data, 50% random noise, from the synthetic pretraining (the paper's
