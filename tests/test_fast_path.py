@@ -46,15 +46,17 @@ def train(data_dir: Path, out: Path, *extra: str) -> dict:
     return saved["numerics"]
 
 
-def only_fallback(numerics: dict, setting: str, reason: str, capsys) -> None:
-    """``setting`` is the one fallback, with ``reason``; its line was printed once."""
-    assert [f["setting"] for f in numerics["fallbacks"]] == [setting], numerics["fallbacks"]
-    assert reason in numerics["fallbacks"][0]["reason"], numerics["fallbacks"][0]
+def fallbacks_were(numerics: dict, expected: list[tuple[str, str]], capsys) -> None:
+    """The run fell back from exactly the ``expected`` (setting, part of the reason), in order,
+    and printed one line for each."""
+    fallbacks = numerics["fallbacks"]
+    assert [f["setting"] for f in fallbacks] == [setting for setting, _ in expected], fallbacks
+    for fallback, (_, reason) in zip(fallbacks, expected):
+        assert reason in fallback["reason"], fallback
     lines = [line for line in capsys.readouterr().out.splitlines()
              if line.startswith("fallback: ")]
-    fallback = numerics["fallbacks"][0]
-    assert lines == [f"fallback: {setting} failed ({fallback['reason']}); using "
-                     f"{fallback['instead']}"]
+    assert lines == [f"fallback: {f['setting']} failed ({f['reason']}); using {f['instead']}"
+                     for f in fallbacks]
 
 
 def test_a_run_whose_fast_pieces_work_lists_no_fallback(checked, data_dir, tmp_path, capsys):
@@ -82,19 +84,46 @@ def test_the_checks_leave_no_trace_on_training(data_dir, tmp_path, monkeypatch):
     assert history("with") == without and calls == [1]
 
 
-def test_bf16_that_gives_nan_falls_back_to_fp32(checked, data_dir, tmp_path, capsys,
-                                                 monkeypatch):
-    forward = ReIDNet.forward
-    monkeypatch.setattr(ReIDNet, "forward", lambda self, x: forward(self, x) * (
-        float("nan") if torch.is_autocast_enabled(x.device.type) else 1.0))
-    numerics = train(data_dir, tmp_path, *FAST)  # with bf16 still on, the loss would be NaN
-    only_fallback(numerics, "bf16 autocast", "loss nan", capsys)
-    assert numerics["dtype"] == "float32" and numerics["channels_last"]
+def test_fast_pieces_that_raise_or_give_nan_fall_back_and_the_run_finishes(
+        checked, data_dir, tmp_path, capsys, monkeypatch):
+    """The image cache gives NaN, channels_last and fused SGD raise, bf16 gives NaN: with any
+    of them still on, training would raise or diverge; the run finishes with the released
+    setting of each."""
+    normalise, forward = CachedBatches.normalise, ReIDNet.forward
+    monkeypatch.setattr(CachedBatches, "normalise",
+                        lambda self, images: normalise(self, images) * float("nan"))
+
+    def broken_forward(self, x):
+        if not self.backbone.conv1.weight.is_contiguous():  # the network in channels_last
+            raise RuntimeError("no kernel for channels_last here")
+        return forward(self, x) * (float("nan") if torch.is_autocast_enabled(x.device.type)
+                                   else 1.0)
+
+    def broken_fused_step(*args, **kwargs):
+        raise RuntimeError("fused kernel missing")
+
+    monkeypatch.setattr(ReIDNet, "forward", broken_forward)
+    monkeypatch.setattr(sys.modules["torch.optim.sgd"], "_fused_sgd", broken_fused_step)
+    numerics = train(data_dir, tmp_path, *FAST)
+    fallbacks_were(numerics, [
+        ("the image cache (crop and flip on the device)", "non-finite pixels"),
+        ("fused SGD", "RuntimeError: fused kernel missing"),
+        ("channels_last", "RuntimeError: no kernel for channels_last here"),
+        ("bf16 autocast", "loss nan on one training batch")], capsys)
+    assert (numerics["data_path"], numerics["fused_sgd"], numerics["channels_last"],
+            numerics["dtype"]) == ("loader", False, False, "float32")
 
 
-def test_bf16_far_from_fp32_falls_back(checked, data_dir, tmp_path, capsys, monkeypatch):
-    forward = ReIDNet.forward
-    def far(self, x):  # finite, but the last class far ahead of the others
+def test_fast_pieces_that_give_wrong_answers_fall_back(checked, data_dir, tmp_path, capsys,
+                                                      monkeypatch):
+    """Finite but wrong: crops mirrored where they should not be, a bf16 loss far from fp32's.
+    The other pieces stay on."""
+    augmented, forward = CachedBatches.augmented, ReIDNet.forward
+    monkeypatch.setattr(CachedBatches, "augmented",
+                        lambda self, index, top, left, flip: augmented(self, index, top,
+                                                                       left, ~flip))
+
+    def far(self, x):  # finite, but the last class far ahead of the others under bf16
         out = forward(self, x)
         if not torch.is_autocast_enabled(x.device.type):
             return out
@@ -102,58 +131,11 @@ def test_bf16_far_from_fp32_falls_back(checked, data_dir, tmp_path, capsys, monk
 
     monkeypatch.setattr(ReIDNet, "forward", far)
     numerics = train(data_dir, tmp_path, *FAST)
-    only_fallback(numerics, "bf16 autocast", "more than 5% apart", capsys)
-    assert numerics["dtype"] == "float32"
-
-
-def test_channels_last_that_raises_falls_back(checked, data_dir, tmp_path, capsys,
-                                              monkeypatch):
-    forward = ReIDNet.forward
-
-    def no_channels_last(self, x):
-        if not self.backbone.conv1.weight.is_contiguous():  # the network in channels_last
-            raise RuntimeError("no kernel for channels_last here")
-        return forward(self, x)
-
-    monkeypatch.setattr(ReIDNet, "forward", no_channels_last)
-    numerics = train(data_dir, tmp_path, *FAST)  # training in channels_last would raise
-    only_fallback(numerics, "channels_last", "RuntimeError: no kernel for channels_last",
-                  capsys)
-    assert not numerics["channels_last"] and numerics["dtype"] == "bfloat16"
-
-
-def test_fused_sgd_that_raises_falls_back_to_plain_sgd(checked, data_dir, tmp_path, capsys,
-                                                      monkeypatch):
-    def broken(*args, **kwargs):
-        raise RuntimeError("fused kernel missing")
-
-    monkeypatch.setattr(sys.modules["torch.optim.sgd"], "_fused_sgd", broken)
-    numerics = train(data_dir, tmp_path, *FAST)  # a fused step in training would raise
-    only_fallback(numerics, "fused SGD", "RuntimeError: fused kernel missing", capsys)
-    assert not numerics["fused_sgd"]
-
-
-def test_a_device_crop_that_is_wrong_falls_back_to_the_loader(checked, data_dir, tmp_path,
-                                                              capsys, monkeypatch):
-    augmented = CachedBatches.augmented
-    monkeypatch.setattr(CachedBatches, "augmented",
-                        lambda self, index, top, left, flip: augmented(self, index, top,
-                                                                       left, ~flip))
-    numerics = train(data_dir, tmp_path, *FAST)
-    only_fallback(numerics, "the image cache (crop and flip on the device)",
-                  "crops differ from the host's", capsys)
-    assert numerics["data_path"] == "loader"
-
-
-def test_a_cache_that_gives_nan_falls_back_to_the_loader(checked, data_dir, tmp_path, capsys,
-                                                         monkeypatch):
-    normalise = CachedBatches.normalise
-    monkeypatch.setattr(CachedBatches, "normalise",
-                        lambda self, images: normalise(self, images) * float("nan"))
-    numerics = train(data_dir, tmp_path, *FAST)  # cached batches would train on NaN
-    only_fallback(numerics, "the image cache (crop and flip on the device)",
-                  "non-finite pixels", capsys)
-    assert numerics["data_path"] == "loader"
+    fallbacks_were(numerics, [
+        ("the image cache (crop and flip on the device)", "crops differ from the host's"),
+        ("bf16 autocast", "more than 5% apart")], capsys)
+    assert (numerics["data_path"], numerics["dtype"]) == ("loader", "float32")
+    assert numerics["channels_last"] and numerics["fused_sgd"]
 
 
 def test_a_memory_query_that_fails_means_the_loader(checked, data_dir, tmp_path, capsys,
@@ -165,7 +147,7 @@ def test_a_memory_query_that_fails_means_the_loader(checked, data_dir, tmp_path,
     numerics = train(data_dir, tmp_path)  # --data_path auto: the cache if it fits
     setting = numerics["fallbacks"][0]["setting"]
     assert setting.startswith("the memory query (")
-    only_fallback(numerics, setting, "RuntimeError: CUDA error: out of memory", capsys)
+    fallbacks_were(numerics, [(setting, "RuntimeError: CUDA error: out of memory")], capsys)
     assert numerics["data_path"] == "loader"
 
 
