@@ -127,7 +127,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="DataLoader / decoding processes, the same for both pipelines")
     parser.add_argument("--steps", type=int, default=None, help="timed training steps per "
-                        "method (0: a whole epoch; default 0 on CUDA, 10 on the CPU)")
+                        "method (0: a whole epoch; default: 0 on CUDA, 10 on the CPU)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--methods", nargs="+", default=["baseline", "self", "core"],
                         choices=["baseline", "self", "core"], help="methods to time")
