@@ -113,6 +113,9 @@ def parse(argv: Optional[Sequence[str]]):
     # Unless given: --demo's, else (--report, --status) the grid's own record, else the paper's.
     base = DEMO if cli.demo else (recorded_grid(Path(cli.output_dir))
                                   if cli.report or cli.status else {})
+    given = train_flags or any(getattr(cli, key) is not None
+                               for key in ("datasets", "noise", "methods", "seeds"))
+    cli.recorded = base.get("command") if base and not cli.demo and not given else None
     cli.datasets = cli.datasets or base.get("datasets", PAPER_DATASETS)
     cli.noise = parse_noise(cli.noise or base.get("noise", PAPER_NOISE))
     cli.methods = cli.methods or base.get("methods", list(PAPER_METHODS))
@@ -128,9 +131,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
     looking = cli.status or cli.report  # reads the grid folder alone: no training data needed
     runs = expand(cli.datasets, cli.noise, cli.methods, cli.seeds, train_flags, grid_dir,
                   check=not looking)
-    if looking and (grid_dir / GRID_RECORD).is_file():
-        print(f"grid: as recorded in {grid_dir / GRID_RECORD} by: "
-              f"{recorded_grid(grid_dir)['command']}", flush=True)
+    if cli.recorded:
+        print(f"grid: as recorded in {grid_dir / GRID_RECORD} by: {cli.recorded}", flush=True)
     if cli.status:
         for line in grid_status(runs, grid_dir):
             print(line)
