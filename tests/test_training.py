@@ -157,6 +157,27 @@ def test_offline_imagenet_weights_name_the_way_out(data_dir, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_imagenet_weights_put_in_torch_home_are_used_offline(data_dir, tmp_path):
+    """What README tells a compute node without internet: torchvision's IMAGENET1K_V1 file, under
+    its own name in $TORCH_HOME/hub/checkpoints/, is loaded with no download."""
+    import torchvision
+    names = {arch: Path(getattr(torchvision.models, f"ResNet{depth}_Weights").IMAGENET1K_V1.url
+                        ).name for arch, depth in (("resnet50", 50), ("resnet18", 18))}
+    assert names == {"resnet50": "resnet50-0676ba61.pth", "resnet18": "resnet18-f37072fd.pth"}
+    checkpoints = tmp_path / "th" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(),
+               checkpoints / names["resnet18"])
+    env_args = args(data_dir, tmp_path, "--epochs", "1")
+    env_args[env_args.index("--pretrained") + 1] = "imagenet"
+    proc = subprocess.run([sys.executable, "train_self.py", *env_args], cwd=REPO, text=True,
+                          capture_output=True, timeout=300,
+                          env={"PATH": "/usr/bin:/bin", "TORCH_HOME": str(tmp_path / "th"),
+                               "HTTPS_PROXY": "http://127.0.0.1:9"})
+    assert proc.returncode == 0, proc.stderr
+    assert "backbone: ImageNet weights (torchvision)" in proc.stdout  # no download possible
+
+
 def test_label_diagnostics_split_clean_and_noisy_samples():
     from core_reid.engine import label_diagnostics
     true = np.array([0, 0, 1, 1, 2, 2])
