@@ -146,13 +146,18 @@ def test_missing_data_is_one_clear_line(tmp_path):
     assert code == 2 and "prepare_market.py" in err and "Traceback" not in err
 
 
-def test_offline_imagenet_weights_name_the_way_out(data_dir, tmp_path):
+def train_offline_from_imagenet(data_dir, tmp_path) -> subprocess.CompletedProcess:
+    """One epoch with --pretrained imagenet, TORCH_HOME in tmp_path/th, no way to download."""
     env_args = args(data_dir, tmp_path, "--epochs", "1")
     env_args[env_args.index("--pretrained") + 1] = "imagenet"
-    proc = subprocess.run([sys.executable, "train_self.py", *env_args], cwd=REPO, text=True,
+    return subprocess.run([sys.executable, "train_self.py", *env_args], cwd=REPO, text=True,
                           capture_output=True, timeout=300,
                           env={"PATH": "/usr/bin:/bin", "TORCH_HOME": str(tmp_path / "th"),
                                "HTTPS_PROXY": "http://127.0.0.1:9"})
+
+
+def test_offline_imagenet_weights_name_the_way_out(data_dir, tmp_path):
+    proc = train_offline_from_imagenet(data_dir, tmp_path)
     assert proc.returncode == 2 and "--pretrained none" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -168,12 +173,7 @@ def test_imagenet_weights_put_in_torch_home_are_used_offline(data_dir, tmp_path)
     checkpoints.mkdir(parents=True)
     torch.save(torchvision.models.resnet18(weights=None).state_dict(),
                checkpoints / names["resnet18"])
-    env_args = args(data_dir, tmp_path, "--epochs", "1")
-    env_args[env_args.index("--pretrained") + 1] = "imagenet"
-    proc = subprocess.run([sys.executable, "train_self.py", *env_args], cwd=REPO, text=True,
-                          capture_output=True, timeout=300,
-                          env={"PATH": "/usr/bin:/bin", "TORCH_HOME": str(tmp_path / "th"),
-                               "HTTPS_PROXY": "http://127.0.0.1:9"})
+    proc = train_offline_from_imagenet(data_dir, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "backbone: ImageNet weights (torchvision)" in proc.stdout  # no download possible
 
