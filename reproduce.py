@@ -1,6 +1,6 @@
-"""Reproduce the paper's tables: baseline, SELF and CORE (and, on request, PurifyNet and
-Co-teaching) x datasets x noise settings x seeds, trained here or on a SLURM cluster, then
-turned into the paper-style table and figures.
+"""Reproduce the paper's tables: baseline, SELF and CORE (and, on request, any other registered
+method: PurifyNet, Co-teaching, ...) x datasets x noise settings x seeds, trained here or on a
+SLURM cluster, then turned into the paper-style table and figures.
 
     python reproduce.py --data_dir ../                       # the paper's grid, this machine
     python reproduce.py --data_dir ../ --datasets market --noise clean random:0.2 --seeds 1
@@ -59,9 +59,10 @@ def build_parser() -> ArgumentParser:
     a("--noise", nargs="+", default=None,
       help=f"noise settings: clean, random:R[,R...], pattern:R[,R...] (default: the paper's, "
       f"{' '.join(PAPER_NOISE)})")
-    a("--methods", nargs="+", default=None, choices=METHODS,
-      help=f"methods (default: the paper's, {' '.join(PAPER_METHODS)}; also purifynet, "
-      "coteaching: docs/methods.md)")
+    others = [name for name in METHODS if name not in PAPER_METHODS]
+    a("--methods", nargs="+", default=None, choices=list(METHODS),
+      help=f"methods (default: the paper's, {' '.join(PAPER_METHODS)}; also "
+      f"{', '.join(others)}: docs/methods.md)")
     a("--seeds", type=int, nargs="+", default=None, help="seeds (default: 1 2 3); all share "
       "the noisy labels (--noise_seed, default 1)")
     a("--output_dir", default="./grid", help="the grid's folder: runs/, logs/, status.json, "

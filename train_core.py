@@ -1,4 +1,5 @@
-"""Train two peer networks with CORE (online co-refining) or Co-teaching on noisy labels.
+"""Train two peer networks on noisy labels with CORE (online co-refining), or with another
+two-network method of the registry (--method; --help lists each with its flags).
 
     python train_core.py --dataset market --batchsize 32 --noise_ratio 0.2 --lr 0.01 --data_dir ../
     python train_core.py --demo          # synthetic data, 20% noise, small network, CPU-friendly
@@ -7,8 +8,7 @@
 Both peers see the same batches. For epochs <= --stage1_epochs each trains with SELF (its own
 lambda); afterwards each learns from the other's refined label and distribution:
 L1 = CE(logits1, argmax p2) + kl_weight * mean(-sum_c p2[c] log p1[c]), peer detached, and
-symmetrically for network 2 (losses.py). Co-teaching: each network passes the small-loss part
-of the batch to the other (docs/methods.md).
+symmetrically for network 2 (losses.py). The other methods: docs/methods.md.
 """
 from __future__ import annotations
 

@@ -28,9 +28,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train_core  # noqa: E402
-from datasets.noise import random_noise  # noqa: E402
+from datasets.noise import NoisyLabels, random_noise  # noqa: E402
 from core_reid.engine import build_peers, train_one_epoch  # noqa: E402
-from methods import make_method  # noqa: E402
+from core_reid.run_state import RunState  # noqa: E402
+from methods import METHODS  # noqa: E402
 from core_reid.numerics import apply_tf32, choose_numerics  # noqa: E402
 from core_reid.run_data import load_data  # noqa: E402
 from eval_utils import get_test_acc  # noqa: E402
@@ -91,18 +92,20 @@ def time_data_path(data, device: torch.device) -> float:
 def time_training(args, method_name: str, data, device, numerics, steps: int,
                   warmup: int) -> float:
     """Training images/s of ``method_name`` (both peers for CORE) over ``steps`` steps."""
-    method = make_method(method_name, args)
+    method = METHODS[method_name](args)
     peers = build_peers(args, method, data.num_classes, device, numerics)
-    noisy, _ = random_noise(data.true_labels, 0.2, data.num_classes, 1)
-    noisy = torch.as_tensor(noisy, device=device)
+    noisy, is_clean = random_noise(data.true_labels, 0.2, data.num_classes, 1)
+    labels = NoisyLabels(data.true_labels, noisy, is_clean, {})
+    run = RunState(args, method, peers, data, labels, device, numerics, method.lr_schedule(args))
+    method.setup(run)
     full = data.train
     epoch = args.stage1_epochs + 1 if method.networks == 2 else 0  # CORE: co-refining stage
     data.train = FirstBatches(full, warmup)
-    train_one_epoch(method, epoch, args.seed, peers, data, noisy, numerics)
+    train_one_epoch(run, epoch)
     data.train = FirstBatches(full, steps)
     sync(device)
     tic = time.time()
-    seen = train_one_epoch(method, epoch, args.seed, peers, data, noisy, numerics).seen
+    seen = train_one_epoch(run, epoch).seen
     sync(device)
     data.train = full
     return seen / (time.time() - tic)
@@ -175,7 +178,7 @@ def main() -> None:
             print(f"[{mode}] {method}: {rate:.0f} img/s, {n_train / rate:.1f} s/epoch{peak}",
                   flush=True)
         tic = time.time()
-        net = build_peers(args, make_method("baseline", args), data.num_classes, device,
+        net = build_peers(args, METHODS["baseline"](args), data.num_classes, device,
                           numerics)[0].net
         get_test_acc(net, data.query, data.gallery, device, numerics.amp,
                      numerics.channels_last)

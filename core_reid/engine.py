@@ -4,8 +4,9 @@ One run trains one network (baseline, SELF, PurifyNet) or two peers on the same 
 Co-teaching) on labels with injected noise, and tests network 1 every ``--eval_every`` epochs
 (and at the end of each stage). ``train`` reads top to
 bottom: setup (device and numerics, data, noise, networks, run folder), the epochs, the final
-report. What each method adds is in methods.py, the flags in options.py, run folders and
-checkpoints in runs.py, the data and the noise in run_data.py.
+report. What each method adds is in methods/ (the loop calls its hooks, never its name), the
+flags in options.py, the run's state object in run_state.py, run folders and checkpoints in
+runs.py, the data and the noise in run_data.py.
 """
 from __future__ import annotations
 
@@ -20,10 +21,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from datasets.noise import NoisyLabels, save_noise
+from datasets.noise import save_noise
 from datasets.pipeline import epoch_seed
 from eval_utils import score, test_features
-from methods import Baseline, Peer, RunAccess, make_method
+from methods import METHODS, Method, Peer
 from model import build_model
 from core_reid.fast_path import check_fast_path
 from core_reid.numerics import (Numerics, apply_tf32, choose_numerics, describe_environment,
@@ -31,19 +32,20 @@ from core_reid.numerics import (Numerics, apply_tf32, choose_numerics, describe_
 from core_reid.pictures import label_correction_picture, sampled_ranked_list
 from core_reid.pretraining import describe_record, initial_backbone, pretrained_record
 from core_reid.recorder import TEST_KEYS, RunRecorder
-from core_reid.run_data import (RunData, inject_noise, load_data, noise_meta, predicted_labels,
-                      prepare_synthetic_data, train_descriptors_and_classes)
+from core_reid.run_data import (inject_noise, load_data, noise_meta, predicted_labels,
+                      prepare_synthetic_data)
+from core_reid.run_state import RunState, make_optimizer
 from core_reid.runs import (NOISE_FILE, EpochProgress, StopSignals, check_metrics_file,
                   checkpoint_labels, copy_checkpoint, discard_if_unfinished, init_peers_from,
-                  load_for_resume, read_checkpoint, resolve_run, restore_peers,
-                  restore_rng_states, run_name, save_checkpoint)
+                  load_for_resume, resolve_run, restore_peers, restore_rng_states, run_name,
+                  saved_method_state, save_checkpoint)
 from core_reid.utils import FolderLock, RunInterrupted, UserError
 
 # Queries in the ranked-list picture of each test (TensorBoard): the same ones every time.
 RANKED_LIST_QUERIES = 4
 
 
-def build_peers(args: argparse.Namespace, method: Baseline, num_classes: int,
+def build_peers(args: argparse.Namespace, method: Method, num_classes: int,
                 device: torch.device, numerics: Numerics,
                 weights: Optional[dict] = None) -> list[Peer]:
     """The method's networks and their SGD optimisers, initialised one after the other from
@@ -54,36 +56,23 @@ def build_peers(args: argparse.Namespace, method: Baseline, num_classes: int,
         net = build_model(args.arch, num_classes, weights, args.head_act, args.dropout)
         net = net.to(device, memory_format=numerics.memory_format)
         model = torch.compile(net) if numerics.compile else net
-        peers.append(Peer(net, model, make_optimizer(args, net, numerics), method.first_lambda))
+        peers.append(Peer(net, model, make_optimizer(args, net, numerics)))
     return peers
 
 
-def make_optimizer(args: argparse.Namespace, net: torch.nn.Module,
-                   numerics: Numerics) -> torch.optim.Optimizer:
-    """The released SGD: Nesterov momentum, weight decay, the new head at 10x the lr."""
-    return torch.optim.SGD(net.param_groups(args.lr), lr=args.lr, momentum=args.momentum,
-                           nesterov=True, weight_decay=args.weight_decay,
-                           **({"fused": True} if numerics.fused_sgd else {}))
-
-
-def lr_at(args: argparse.Namespace, epoch: int) -> float:
-    """Step schedule: ``--lr`` times 0.1 for every milestone reached (``epoch``: where the
-    method's schedule stands, ``method.schedule_epoch``)."""
-    return args.lr * 0.1 ** sum(epoch >= m for m in args.milestones)
-
-
-def train_one_epoch(method: Baseline, epoch: int, seed: int, peers: list[Peer], data: RunData,
-                    noisy: torch.Tensor, numerics: Numerics,
+def train_one_epoch(run: RunState, epoch: int,
                     stop_requested: Callable[[], bool] = lambda: False,
                     resume: Optional[tuple[EpochProgress, dict]] = None) -> EpochProgress:
     """Train every peer on the same batches: summed loss and training accuracy (against the
     annotated labels) per network accumulate on the device and are read once at the end (no
     per-step host sync). Before each step, ``stop_requested()`` may end the epoch early
     (``finished`` False); ``resume`` = (progress, generator states) continues such an epoch."""
+    method, peers, data, numerics, noisy = run.method, run.peers, run.data, run.numerics, \
+        run.noisy
     for p in peers:
         p.model.train()
     device = noisy.device
-    seed = epoch_seed(seed, epoch)
+    seed = epoch_seed(run.args.seed, epoch)
     torch.manual_seed(seed)  # dropout; the batches draw from the same seed
     done = resume[0] if resume else EpochProgress(0, [0.0] * len(peers), [0] * len(peers), 0,
                                                   0.0)
@@ -111,12 +100,14 @@ def train_one_epoch(method: Baseline, epoch: int, seed: int, peers: list[Peer], 
         labels = noisy[index]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=numerics.amp):
             logits = [p.model(images) for p in peers]
-        batch_losses = method.batch_losses(epoch, logits, labels, index, peers)
+        batch_losses = method.batch_losses(epoch, logits, labels, index)
         for p in peers:
             p.optimizer.zero_grad(set_to_none=True)
-        torch.stack(batch_losses).sum().backward()  # peers are detached from each other
+        torch.stack(batch_losses).sum().backward()  # one backward: each loss reaches its nets
+        method.after_backward(run, epoch, step)
         for p in peers:
             p.optimizer.step()
+        method.after_step(run, epoch, step)
         with torch.no_grad():
             preds = torch.stack([out.argmax(dim=1) for out in logits])
             loss_sum += torch.stack([loss.detach() for loss in batch_losses]) * len(index)
@@ -150,28 +141,23 @@ def label_diagnostics(refined: np.ndarray, true: np.ndarray, noisy: np.ndarray,
             "noisy_memorized": mean_or_none((refined == noisy)[noisy_mask])}
 
 
-def network_statistics(method: Baseline, epoch: int, peers: list[Peer], data: RunData,
-                       labels: NoisyLabels, mean_loss: list[float], train_acc: list[float],
-                       device: torch.device, numerics: Numerics) -> list[dict[str, Any]]:
-    """Each network's epoch: loss, accuracy, the lambda it trained with (SELF stages only), its
-    label diagnostics and the method's own (e.g. the precision of what it trained on); then
-    each peer's lambda moves on to the next epoch's."""
-    networks = []
-    for k, p in enumerate(peers):
-        refined = predicted_labels(p.net, data, device, numerics)
-        stats = {"loss": mean_loss[k], "train_acc": train_acc[k]}
-        if method.uses_lambda(epoch):
-            stats["lambda"] = p.lam
+def network_statistics(run: RunState, epoch: int,
+                       progress: EpochProgress) -> list[dict[str, Any]]:
+    """Each network's epoch: loss, accuracy, what its loss used (the method's ``trained_with``,
+    e.g. SELF's lambda), its label diagnostics and the method's own (e.g. the precision of
+    what it trained on)."""
+    networks, labels = [], run.labels
+    for k, p in enumerate(run.peers):
+        refined = predicted_labels(p.net, run.data, run.device, run.numerics)
+        stats = {"loss": progress.mean_loss[k], "train_acc": progress.train_acc[k],
+                 **run.method.trained_with(epoch, k)}
         networks.append({**stats, **label_diagnostics(refined, labels.clean_labels,
                                                       labels.noisy_labels, labels.is_clean),
-                         **method.extra_stats(epoch, k)})
-        p.lam = method.next_lambda(mean_loss[k])
+                         **run.method.extra_stats(epoch, k)})
     return networks
 
 
-def epoch_record(args: argparse.Namespace, method: Baseline, epoch: int, peers: list[Peer],
-                 data: RunData, labels: NoisyLabels, progress: EpochProgress,
-                 device: torch.device, numerics: Numerics
+def epoch_record(run: RunState, epoch: int, progress: EpochProgress
                  ) -> tuple[dict[str, Any], Optional[tuple[torch.Tensor, torch.Tensor]]]:
     """A trained epoch's record: each network's statistics and, every --eval_every epochs and
     at the last, network 1's test scores; with them, at a test, its query and gallery
@@ -179,43 +165,25 @@ def epoch_record(args: argparse.Namespace, method: Baseline, epoch: int, peers: 
     if not all(math.isfinite(x) for x in progress.mean_loss):
         raise UserError(f"training diverged at epoch {epoch} (loss {progress.mean_loss}); "
                         "lower --lr")
-    networks = network_statistics(method, epoch, peers, data, labels, progress.mean_loss,
-                                  progress.train_acc, device, numerics)
-    scores, features = {}, None
-    if epoch % args.eval_every == 0 or epoch == method.total_epochs(args.epochs) - 1 or \
-            method.ends_stage(epoch):
-        features = test_features(peers[0].net, data.query, data.gallery, device, numerics.amp,
-                                 numerics.channels_last)
-        scores = score(*features, data.query, data.gallery, args.rerank)
-    return ({"epoch": epoch, "lr": lr_at(args, method.schedule_epoch(epoch)),
-             "stage": method.stage(epoch),
+    networks = network_statistics(run, epoch, progress)
+    scores, features, data = {}, None, run.data
+    if epoch % run.args.eval_every == 0 or epoch == run.epochs - 1 or \
+            run.method.ends_stage(epoch):
+        features = test_features(run.peers[0].net, data.query, data.gallery, run.device,
+                                 run.numerics.amp, run.numerics.channels_last)
+        scores = score(*features, data.query, data.gallery, run.args.rerank)
+    return ({"epoch": epoch, "lr": float(run.lr[epoch]), "stage": run.method.stage(epoch),
              **networks[0], **{k: scores.get(k) for k in TEST_KEYS},
              "epoch_time_s": progress.seconds,
              "images_per_s": progress.seen / progress.seconds, "networks": networks}, features)
 
 
-def run_access(args: argparse.Namespace, peers: list[Peer], labels: NoisyLabels, data: RunData,
-               run_dir: Path, device: torch.device, numerics: Numerics) -> RunAccess:
-    """What a method may ask of this run (methods.RunAccess)."""
-    def load_best() -> str:
-        state = read_checkpoint(run_dir / "best.pt", "best.pt")
-        for p, net_state in zip(peers, state["networks"]):
-            p.net.load_state_dict(net_state)
-        return f"the networks go back to {run_dir / 'best.pt'} (epoch {state['epoch']})"
-
-    def reset_optimizers() -> None:
-        for p in peers:
-            p.optimizer = make_optimizer(args, p.net, numerics)
-
-    return RunAccess(peers, labels, data.num_classes, device,
-                     lambda net: train_descriptors_and_classes(net, data, device, numerics),
-                     load_best, reset_optimizers)
-
-
 def train(args: argparse.Namespace, method_name: str) -> dict:
     """Train, test and save a whole run; returns metrics.json's content."""
     args.method = method_name
-    method = make_method(method_name, args)
+    method = METHODS[method_name](args)
+    lr = method.lr_schedule(args)  # built once: every epoch's learning rate
+    epochs = len(lr)
     device = pick_device(args)
     numerics = choose_numerics(args, device)
     if args.demo:
@@ -247,13 +215,10 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
         start_epoch, init_notes, partial = 0, [], None
         if state is not None:
             start_epoch, partial = restore_peers(peers, state, data.num_classes)
-            method.load_state_dict(state.get("method_state") or {})
+            method.load_state_dict(saved_method_state(state))
         elif method.init_checkpoints:
             flag, paths = method.init_checkpoints
             init_notes = init_peers_from(paths, peers, args, data.num_classes, flag)
-        epochs = method.total_epochs(args.epochs)
-        access = run_access(args, peers, labels, data, run_dir, device, numerics)
-        method.setup(access)
 
         environment = numerics_record(numerics, device, args.workers)
         meta = {"method": method.name, "dataset": args.dataset, **labels.meta,
@@ -265,6 +230,8 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
                 "run_dir": str(run_dir)}
         with RunRecorder(run_dir, meta, state["history"] if state else None) as rec, \
                 StopSignals() as stop:
+            run = RunState(args, method, peers, data, labels, device, numerics, lr, run_dir, rec)
+            method.setup(run)
             resuming = (f"resuming at epoch {start_epoch}, step {partial[0].step}" if partial
                         else f"resuming after epoch {start_epoch - 1}")
             rec.log(f"run {run_dir}  ({resuming if state else 'new'})")
@@ -277,41 +244,32 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
                     f"{args.noise_seed}, realised {meta['realised_noise_rate']:.4f}); query "
                     f"{len(data.query)}, gallery {len(data.gallery)}; {args.arch}, seed "
                     f"{args.seed}")
-            for line in init_notes + method.schedule_warnings(args.milestones, args.epochs):
+            for line in init_notes + method.schedule_warnings(args):
                 rec.log(line)
             if start_epoch >= epochs:
                 rec.log(f"nothing to train: the run already has {start_epoch} epochs; pass a "
                         "larger --epochs to extend it")
 
-            noisy = torch.as_tensor(labels.noisy_labels, device=device)
             for epoch in range(start_epoch, epochs):
                 if not (partial and epoch == start_epoch):  # else: in the checkpoint
-                    for line in method.begin_epoch(epoch, access):
+                    for line in method.begin_epoch(run, epoch):
                         rec.log(line)
-                for p in peers:
-                    for group in p.optimizer.param_groups:
-                        group["lr"] = lr_at(args, method.schedule_epoch(epoch)) * \
-                            group["lr_mult"]
-                progress = train_one_epoch(method, epoch, args.seed, peers, data, noisy,
-                                           numerics, stop.requested,
+                run.set_lr(epoch)
+                progress = train_one_epoch(run, epoch, stop.requested,
                                            partial if epoch == start_epoch else None)
                 if not progress.finished:  # SIGTERM / SIGUSR1: save where we are, then stop
-                    save_checkpoint(run_dir / "last.pt", epoch - 1, method.name, args,
-                                    data.num_classes, peers, labels, rec.history,
-                                    method.state_dict(), progress)
+                    save_checkpoint(run, epoch - 1, progress)
                     rec.log(f"stopped by {stop.name} at epoch {epoch}, step {progress.step}: "
                             f"{run_dir / 'last.pt'} saved; continue with --resume")
                     raise RunInterrupted(f"stopped by {stop.name}; resumable: rerun the same "
                                          "command with --resume")
-                record, features = epoch_record(args, method, epoch, peers, data, labels,
-                                                progress, device, numerics)
+                record, features = epoch_record(run, epoch, progress)
+                method.end_epoch(epoch, progress.mean_loss)
                 rec.add_epoch(record)
                 if features is not None:
                     rec.add_image("test/ranked_list", sampled_ranked_list(
                         *features, data.query, data.gallery, RANKED_LIST_QUERIES), epoch)
-                save_checkpoint(run_dir / "last.pt", epoch, method.name, args,
-                                data.num_classes, peers, labels, rec.history,
-                                method.state_dict())
+                save_checkpoint(run, epoch)
                 if record["rank1"] is not None and rec.summary()[0]["epoch"] == epoch:
                     copy_checkpoint(run_dir / "last.pt", run_dir / "best.pt")
             for k, p in enumerate(peers, start=1):

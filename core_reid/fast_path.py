@@ -30,7 +30,7 @@ import torch.nn as nn
 
 import losses
 from datasets.pipeline import IMAGENET_MEAN, IMAGENET_STD, CachedBatches, epoch_seed
-from methods import Baseline
+from methods import Method
 from model import build_model
 from core_reid.numerics import Fallback, Numerics, apply_tf32
 from core_reid.run_data import RunData, load_data
@@ -60,7 +60,7 @@ def should_check(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def check_fast_path(args: argparse.Namespace, method: Baseline, data: RunData,
+def check_fast_path(args: argparse.Namespace, method: Method, data: RunData,
                     numerics: Numerics, device: torch.device, weights: Optional[dict]
                     ) -> tuple[Numerics, RunData]:
     """The numerics and data the run trains with: ``numerics`` and ``data`` less every fast
@@ -90,7 +90,7 @@ def _fall_back(fallbacks: list[Fallback], setting: str, instead: str,
     print(fallbacks[-1].line(), flush=True)
 
 
-def _run_checks(args: argparse.Namespace, method: Baseline, data: RunData, numerics: Numerics,
+def _run_checks(args: argparse.Namespace, method: Method, data: RunData, numerics: Numerics,
                 device: torch.device, weights: Optional[dict], fallbacks: list[Fallback]
                 ) -> tuple[Numerics, RunData]:
     seed = epoch_seed(args.seed, 0)

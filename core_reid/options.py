@@ -1,6 +1,7 @@
 """The flags of train_self.py and train_core.py (both scripts' parsers live here, so the grid
 can parse a run's command without importing a script), the built-in demo's values, and the checks
-that run on them before any work starts.
+that run on them before any work starts. The shared flags are here; ``--method`` and each
+method's own flags, checks and defaults come from the method registry (methods/).
 
 The defaults are the released code's; every number the loop uses is one of these flags.
 """
@@ -13,6 +14,7 @@ from typing import Optional, Sequence
 
 from datasets import DATASETS, get_dataset_info
 from eval_utils import EVAL_PROTOCOLS
+from methods import METHODS, method_flags, script_methods
 from model import ARCHS
 from core_reid.runs import run_name
 from core_reid.utils import ArgumentParser, UserError, check_number, check_writable_folder
@@ -20,22 +22,6 @@ from core_reid.utils import ArgumentParser, UserError, check_number, check_writa
 MIN_IMAGE_SIDE = 16  # ResNet halves the image five times; smaller inputs leave no feature map
 
 NUMERICS = ("fast", "released")
-
-# Which script trains which method (its --method choices, default first).
-SCRIPT_METHODS = {"train_self.py": ("self", "baseline", "purifynet"),
-                  "train_core.py": ("core", "coteaching")}
-SCRIPT_OF = {method: script for script, methods in SCRIPT_METHODS.items()
-             for method in methods}
-# Flags that only one method reads: another method refuses them (one line, exit 2).
-METHOD_ONLY_FLAGS = {
-    "core": ("--stage1_epochs", "--kl_weight", "--selective", "--init_from"),
-    "purifynet": ("--purify_stage", "--stage1_checkpoint", "--ramp_epochs", "--beta_shape",
-                  "--stage2_from"),
-    "coteaching": ("--forget_rate", "--forget_epochs"),
-}
-# PurifyNet's stage, as released: 41 epochs, StepLR(step_size=20) stepped at the start of each
-# epoch, which under PyTorch >= 1.1 decays before epochs 19 and 39 of the stage.
-PURIFYNET_STAGE = dict(epochs=41, milestones=[19, 39])
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -123,74 +109,34 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
       "(generated once), 20%% random noise, small network, minutes on a CPU")
 
 
-def add_self_args(parser: argparse.ArgumentParser) -> None:
-    """The flags of train_self.py alone."""
-    a = parser.add_argument
-    a("--method", default="self", choices=SCRIPT_METHODS["train_self.py"],
-      help="'self': self label refining; 'baseline': plain cross-entropy on the noisy labels; "
-      "'purifynet': PurifyNet (the released repository's second method), two stages of "
-      "--epochs epochs each in one run (default 41 + 41, --milestones 19 39 per stage: the "
-      "released StepLR(20) under PyTorch >= 1.1; see docs/methods.md)")
-    a("--purify_stage", default="both", choices=["both", "1", "2"],
-      help="PurifyNet: 'both' stages in one run, stage '1' alone, or stage '2' alone from "
-      "--stage1_checkpoint")
-    a("--stage1_checkpoint", default=None, metavar="PATH",
-      help="PurifyNet --purify_stage 2: the stage-1 network to start from (the last.pt or "
-      "best.pt of a --purify_stage 1 run)")
-    a("--ramp_epochs", type=int, default=60,
-      help="PurifyNet stage 1: lambda = min(exp(-2 (1 - min(epoch, N)/N)^2), 0.5) (the "
-      "released --LabelWt: 60)")
-    a("--beta_shape", type=float, nargs=2, default=[2.0, 6.0], metavar=("ALPHA", "BETA"),
-      help="PurifyNet stage 2: sample weight = Beta(ALPHA, BETA) pdf of the normalised "
-      "distance to the class mean feature (released: 2 6)")
-    a("--stage2_from", default="last", choices=["last", "best"],
-      help="PurifyNet: stage 2 starts from stage 1's 'last' network (no test-set information "
-      "enters training) or its 'best' by test rank-1 (the released script)")
-
-
-def add_core_args(parser: argparse.ArgumentParser) -> None:
-    """The flags of train_core.py alone."""
-    a = parser.add_argument
-    a("--method", default="core", choices=SCRIPT_METHODS["train_core.py"],
-      help="'core': online co-refining; 'coteaching': Co-teaching (Han et al. 2018) with the "
-      "same networks, schedule and data")
-    a("--forget_rate", type=float, default=None,
-      help="Co-teaching: the fraction tau of each batch dropped once the schedule has ramped "
-      "up (default: --noise_ratio)")
-    a("--forget_epochs", type=int, default=10,
-      help="Co-teaching: T_k, the drop rate grows as tau * min(epoch / T_k, 1), epochs counted "
-      "from 0")
-    a("--stage1_epochs", type=int, default=20,
-      help="epochs 0..N train each peer with SELF, co-refining follows (the released code: "
-      "20, one epoch after the first learning-rate decay)")
-    a("--kl_weight", type=float, default=1.0,
-      help="weight of the soft term towards the peer's distribution")
-    a("--selective", action="store_true",
-      help="selective consistency: the peer's hard label only counts on samples where both "
-      "peers agree (per sample; see docs/differences.md)")
-    a("--init_from", nargs=2, default=None, metavar=("CKPT1", "CKPT2"),
-      help="start network 1 and 2 from the networks of two SELF or baseline runs (their "
-      "last.pt or best.pt), as the released code's --resume does; optimisers, lambda and the "
-      "epoch count start afresh. Used when a run starts; --resume continues from its own "
-      "checkpoint")
-
-
-SCRIPT_ARGS = {"train_self.py": add_self_args, "train_core.py": add_core_args}
+def add_method_args(parser: argparse.ArgumentParser, script: str) -> None:
+    """``--method`` (the methods ``script`` trains, from the registry) and their own flags: one
+    group of flags per method that introduces some."""
+    methods = script_methods(script)
+    parser.add_argument("--method", default=methods[0].name, choices=[m.name for m in methods],
+                        help="; ".join(f"'{m.name}': {m.summary}" for m in methods))
+    added: set[type] = set()
+    for method in methods:
+        for k in method.flag_classes():
+            if k not in added:
+                added.add(k)
+                k.add_args(parser.add_argument_group(f"{k.title} (--method {k.name})"))
 
 
 def build_parser(script: str, description: Optional[str] = None) -> argparse.ArgumentParser:
     """The whole parser of ``script`` (train_self.py or train_core.py): its own flags, then the
     shared ones."""
     parser = ArgumentParser(description=description)
-    SCRIPT_ARGS[script](parser)
+    add_method_args(parser, script)
     add_common_args(parser)
     return parser
 
 
-# The built-in demo: a small synthetic Market-shaped dataset, a small network from scratch.
+# The built-in demo: a small synthetic Market-shaped dataset, a small network from scratch (and
+# the methods' own ``demo_defaults``).
 DEMO_DEFAULTS = dict(data_dir="./demo_data", arch="resnet18", pretrained="none",
                      img_size=[64, 32], noise_ratio=0.2, epochs=24, milestones=[17, 21],
-                     stage1_epochs=17, eval_every=6, workers=2)
+                     eval_every=6, workers=2)
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
@@ -200,7 +146,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = 
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--demo" in argv:
         known = {a.dest for a in parser._actions}
-        parser.set_defaults(**{k: v for k, v in DEMO_DEFAULTS.items() if k in known})
+        demo = {k: v for m in METHODS.values() for k, v in m.demo_defaults.items()}
+        parser.set_defaults(**{k: v for k, v in {**DEMO_DEFAULTS, **demo}.items()
+                               if k in known})
     args = parser.parse_args(argv)
     resolve_method_flags(args, given_flags(parser, argv), "--demo" in argv)
     if check:
@@ -218,21 +166,17 @@ def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str
 
 
 def resolve_method_flags(args: argparse.Namespace, given: set[str], demo: bool) -> None:
-    """Refuse the flags of another method; fill in the defaults that depend on the method
-    (PurifyNet's per-stage schedule, Co-teaching's forget rate = the noise ratio)."""
-    method = getattr(args, "method", None)
-    for owner, flags in METHOD_ONLY_FLAGS.items():
-        if owner == method:
-            continue
-        for flag in sorted(given & set(flags)):
-            raise UserError(f"{flag} is a {owner} flag; --method {method} does not read it: "
-                            f"drop it, or train with --method {owner}")
-    if method == "purifynet" and not demo:  # the demo's schedule is per stage as it stands
-        for key, value in PURIFYNET_STAGE.items():
-            if f"--{key}" not in given:
-                setattr(args, key, list(value) if isinstance(value, list) else value)
-    if method == "coteaching" and args.forget_rate is None:
-        args.forget_rate = args.noise_ratio
+    """Refuse the flags of another method (one line, exit 2); fill in the defaults that depend
+    on the method (its ``defaults``, unless given or set by --demo, then its ``resolve_args``)."""
+    method = METHODS[args.method]
+    for flag, (owner, readers) in method_flags().items():  # in registry order
+        if flag in given and method.name not in readers:
+            raise UserError(f"{flag} is a {owner} flag; --method {method.name} does not read it: "
+                            f"drop it, or train with --method {' or '.join(readers)}")
+    for key, value in method.defaults.items():
+        if f"--{key}" not in given and not (demo and key in DEMO_DEFAULTS):
+            setattr(args, key, list(value) if isinstance(value, list) else value)
+    method.resolve_args(args)
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -253,29 +197,10 @@ def check_args(args: argparse.Namespace) -> None:
         ("--eval_every", args.eval_every, args.eval_every >= 1, ">= 1 (released: 2)"),
         ("--workers", args.workers, args.workers >= 0, ">= 0 (0 decodes in the main process)"),
     ]
-    method = getattr(args, "method", None)
-    if method == "coteaching":
-        ranges += [
-            ("--forget_rate", args.forget_rate, 0 <= args.forget_rate < 1,
-             "in [0, 1) (default: the noise ratio)"),
-            ("--forget_epochs", args.forget_epochs, args.forget_epochs >= 0,
-             ">= 0 (default: 10; 0 drops the full rate from the first epoch)"),
-        ]
-    if method == "purifynet":
-        ranges += [
-            ("--ramp_epochs", args.ramp_epochs, args.ramp_epochs >= 0, ">= 0 (released: 60)"),
-            ("--beta_shape", min(args.beta_shape), min(args.beta_shape) > 0,
-             "two numbers > 0 (released: 2 6)"),
-        ]
-    if method == "core":
-        ranges += [
-            ("--kl_weight", args.kl_weight, args.kl_weight >= 0, ">= 0 (released: 1)"),
-            ("--stage1_epochs", args.stage1_epochs, 0 <= args.stage1_epochs <= args.epochs - 2,
-             f"in 0..{args.epochs - 2} with --epochs {args.epochs}, so that co-refining "
-             "starts within the run (released: 20 of 61)"),
-        ]
     for flag, value, ok, accepted in ranges:
         check_number(flag, value, ok, accepted)
+    if getattr(args, "method", None) in METHODS:
+        METHODS[args.method].check_args(args)
     height, width = args.img_size
     if min(height, width) < MIN_IMAGE_SIDE:
         raise UserError(f"--img_size {height} {width}: height and width must each be >= "
@@ -313,12 +238,6 @@ def _check_paths(args: argparse.Namespace) -> None:
             not Path(args.pretrained).is_file():
         raise UserError(f"--pretrained {args.pretrained}: no such file; give 'imagenet', 'none', "
                         "'synthetic' or the path of a torchvision ResNet state dict")
-    if getattr(args, "method", None) == "purifynet":
-        _check_purify_stages(args)
-    for path in getattr(args, "init_from", None) or []:
-        if not Path(path).is_file():
-            raise UserError(f"--init_from {path}: no such file; give the last.pt or best.pt of "
-                            "two train_self.py runs")
     if args.run_name is not None and (not args.run_name or Path(args.run_name).name !=
                                       args.run_name or args.run_name in (".", "..")):
         raise UserError(f"--run_name {args.run_name!r}: must be a folder name, without '/'")
@@ -340,23 +259,6 @@ def _check_paths(args: argparse.Namespace) -> None:
                         f"of Market-1501 file names; it has no meaning for --dataset "
                         f"{args.dataset}: drop it")
     check_writable_folder("--output_dir", args.output_dir)
-
-
-def _check_purify_stages(args: argparse.Namespace) -> None:
-    if args.purify_stage == "2":
-        if args.stage1_checkpoint is None or not Path(args.stage1_checkpoint).is_file():
-            raise UserError(f"--purify_stage 2 needs --stage1_checkpoint, the last.pt or best.pt "
-                            f"of a --purify_stage 1 run (got: {args.stage1_checkpoint or 'none'}"
-                            ": no such file)")
-        if args.stage2_from != "last":
-            raise UserError(f"--stage2_from {args.stage2_from} with --purify_stage 2: stage 2 "
-                            "starts from --stage1_checkpoint; pass that run's best.pt there")
-    elif args.stage1_checkpoint is not None:
-        raise UserError(f"--stage1_checkpoint {args.stage1_checkpoint} is read by "
-                        "--purify_stage 2 only: add --purify_stage 2, or drop it")
-    elif args.purify_stage == "1" and args.stage2_from != "last":
-        raise UserError(f"--stage2_from {args.stage2_from} with --purify_stage 1: there is no "
-                        "stage 2 in this run; drop it")
 
 
 def check_data_dir(args: argparse.Namespace) -> None:

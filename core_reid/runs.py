@@ -2,10 +2,11 @@
 on a signal, and the RNG state that makes a resumed run bit-identical to an uninterrupted one.
 
 A checkpoint (``last.pt``, ``best.pt``) is one dict, built and read only here:
-``epoch, method, args, num_classes, networks, optimizers, lambdas, noisy_labels, is_clean,
-true_labels, history, rng, partial`` (the progress of a run stopped mid-epoch, else None) and
-``method_state`` (what the method carries between epochs, e.g. PurifyNet's stage-2 labels and
-weights).
+``epoch, method, args, num_classes, networks, optimizers, noisy_labels, is_clean, true_labels,
+history, rng, partial`` (the progress of a run stopped mid-epoch, else None) and
+``method_state`` (what the method carries between epochs: SELF's and CORE's lambdas,
+PurifyNet's stage-2 labels and weights, Co-teaching's counts). Checkpoints written before the
+lambdas moved into ``method_state`` hold them in a top-level ``lambdas``; they still resume.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import signal
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ from datasets.noise import NoisyLabels
 from methods import Peer
 from model import build_model
 from core_reid.utils import UserError, atomic_write, first_line
+
+if TYPE_CHECKING:  # the run's state, which holds this module's checkpoints' contents
+    from core_reid.run_state import RunState
 
 NOISE_FILE = "noisy_labels.npz"  # the run's noisy labels, beside its checkpoints
 # Settings a resumed run must share with the run it continues.
@@ -146,22 +150,20 @@ def restore_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_checkpoint(path: Path, epoch: int, method: str, args: argparse.Namespace,
-                    num_classes: int, peers: Sequence[Peer], labels: NoisyLabels,
-                    history: list[dict], method_state: dict[str, Any],
-                    partial: Optional[EpochProgress] = None) -> None:
-    """Write everything needed to continue the run after ``epoch`` (and, for a run stopped
-    mid-epoch, the ``partial`` progress of epoch + 1), atomically: a crash leaves the previous
-    file, never a half-written one."""
-    state = {"epoch": epoch, "method": method, "args": vars(args), "num_classes": num_classes,
-             "networks": [p.net.state_dict() for p in peers],
-             "optimizers": [p.optimizer.state_dict() for p in peers],
-             "lambdas": [p.lam for p in peers],
+def save_checkpoint(run: RunState, epoch: int, partial: Optional[EpochProgress] = None) -> None:
+    """Write everything needed to continue ``run`` after ``epoch`` (and, for a run stopped
+    mid-epoch, the ``partial`` progress of epoch + 1) to its ``last.pt``, atomically: a crash
+    leaves the previous file, never a half-written one."""
+    labels = run.labels
+    state = {"epoch": epoch, "method": run.method.name, "args": vars(run.args),
+             "num_classes": run.num_classes, "networks": [p.net.state_dict() for p in run.peers],
+             "optimizers": [p.optimizer.state_dict() for p in run.peers],
              "noisy_labels": labels.noisy_labels, "is_clean": labels.is_clean,
-             "true_labels": labels.clean_labels, "history": history, "rng": rng_states(),
+             "true_labels": labels.clean_labels, "history": run.recorder.history,
+             "rng": rng_states(),
              "partial": dataclasses.asdict(partial) if partial is not None else None,
-             "method_state": method_state}
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+             "method_state": run.method.state_dict()}
+    atomic_write(run.run_dir / "last.pt", lambda tmp: torch.save(state, tmp))
 
 
 def copy_checkpoint(source: Path, target: Path) -> None:
@@ -240,20 +242,25 @@ def check_metrics_file(run_dir: Path, state: dict[str, Any]) -> None:
 
 def restore_peers(peers: Sequence[Peer], state: dict[str, Any], num_classes: int
                   ) -> tuple[int, Optional[tuple[EpochProgress, dict]]]:
-    """Load networks, optimisers, lambdas and RNG states; returns the epoch to continue at and,
-    for a run stopped mid-epoch, that epoch's progress with the generators' state there. (The
-    method's own state, ``state["method_state"]``, is the method's to load.)"""
+    """Load networks, optimisers and RNG states; returns the epoch to continue at and, for a run
+    stopped mid-epoch, that epoch's progress with the generators' state there. (The method's
+    own state, ``saved_method_state(state)``, is the method's to load.)"""
     if state["num_classes"] != num_classes:
         raise UserError(f"the run to resume was trained on {state['num_classes']} classes, this "
                         f"training split has {num_classes}; point --data_dir at its dataset")
-    for p, net_state, opt_state, lam in zip(peers, state["networks"], state["optimizers"],
-                                            state["lambdas"]):
+    for p, net_state, opt_state in zip(peers, state["networks"], state["optimizers"]):
         p.net.load_state_dict(net_state)
         p.optimizer.load_state_dict(opt_state)
-        p.lam = lam
     restore_rng_states(state["rng"])
     partial = state.get("partial")
     return state["epoch"] + 1, (EpochProgress(**partial), state["rng"]) if partial else None
+
+
+def saved_method_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The method's state in a checkpoint; in one written before lambda became the method's
+    state, its top-level ``lambdas`` join it."""
+    legacy = {"lambdas": state["lambdas"]} if "lambdas" in state else {}
+    return {**legacy, **(state.get("method_state") or {})}
 
 
 def init_peers_from(paths: Sequence[str], peers: Sequence[Peer], args: argparse.Namespace,

@@ -157,7 +157,7 @@ def test_the_check_leaves_generators_data_and_settings_as_they_were(data_dir, tm
     and the numerics only gain an empty ``fallbacks``."""
     from core_reid.options import build_parser, parse_args
     from core_reid.run_data import load_data
-    from methods import make_method
+    from methods import METHODS
     monkeypatch.setattr(fast_path, "should_check", lambda device: True)
     args = parse_args(build_parser("train_self.py"),
                       ["--data_dir", str(data_dir), "--output_dir", str(tmp_path), *TINY,
@@ -168,7 +168,7 @@ def test_the_check_leaves_generators_data_and_settings_as_they_were(data_dir, tm
     numerics = dataclasses.replace(numerics, data_path=data.data_path)
     torch.manual_seed(5)
     before = fast_path.rng_states()
-    checked_numerics, same = fast_path.check_fast_path(args, make_method("self", args), data,
+    checked_numerics, same = fast_path.check_fast_path(args, METHODS["self"](args), data,
                                                        numerics, device, None)
     after = fast_path.rng_states()
     assert same is data and checked_numerics == numerics

@@ -17,6 +17,7 @@ import losses
 import methods
 import train_core
 import train_self
+from core_reid.run_state import RunState
 from core_reid.utils import RunInterrupted
 
 TINY = ["--arch", "resnet18", "--pretrained", "none", "--img_size", "32", "16",
@@ -159,20 +160,15 @@ def test_purifynet_runs_both_stages_in_one_run_and_resumes_mid_stage_2(data_dir,
     common = args(data_dir, tmp_path, "--method", "purifynet", "--epochs", "2",
                   "--eval_every", "3", "--ramp_epochs", "4", "--stage2_from", "best")
     seen = {}  # what stage 2 was given and trained on, spied on the uninterrupted run
-    original_begin = methods.PurifyNet.begin_epoch
+    original_outputs = RunState.train_outputs
 
-    def begin_epoch(self, epoch, run):
-        def train_outputs(net):
-            seen["outputs"] = run.train_outputs(net)
-            return seen["outputs"]
-        seen["noisy"] = run.labels.noisy_labels
-        return original_begin(self, epoch, methods.RunAccess(
-            run.peers, run.labels, run.num_classes, run.device, train_outputs, run.load_best,
-            run.reset_optimizers))
+    def train_outputs(self, net):
+        seen["outputs"], seen["noisy"] = original_outputs(self, net), self.labels.noisy_labels
+        return seen["outputs"]
 
     batches = []
     original_loss = losses.instance_weighted_loss
-    monkeypatch.setattr(methods.PurifyNet, "begin_epoch", begin_epoch)
+    monkeypatch.setattr(RunState, "train_outputs", train_outputs)
     monkeypatch.setattr(losses, "instance_weighted_loss",
                         lambda out, y, w: batches.append((y, w)) or original_loss(out, y, w))
     whole = train_self.main([*common, "--run_name", "whole"])
@@ -241,9 +237,11 @@ def test_purifynet_defaults_are_the_released_stage_schedule():
     assert (parsed.epochs, parsed.milestones, parsed.ramp_epochs, parsed.beta_shape) == (
         41, [19, 39], 60, [2.0, 6.0])
     assert (parsed.purify_stage, parsed.stage2_from) == ("both", "last")
-    method = methods.make_method("purifynet", parsed)
-    assert method.total_epochs(parsed.epochs) == 82
-    assert [method.schedule_epoch(e) for e in (0, 40, 41, 81)] == [0, 40, 0, 40]
+    schedule = methods.METHODS["purifynet"](parsed).lr_schedule(parsed)
+    assert len(schedule) == 82  # two stages of 41, each its own decay before 19 and 39
+    assert [schedule[e] for e in (0, 18, 19, 38, 39, 40, 41, 60, 80, 81)] == [
+        0.01, 0.01, 0.01 * 0.1, 0.01 * 0.1, 0.01 * 0.1 ** 2, 0.01 * 0.1 ** 2, 0.01, 0.01 * 0.1,
+        0.01 * 0.1 ** 2, 0.01 * 0.1 ** 2]
     explicit = train_self.parse_args(train_self.build_parser(), [
         "--method", "purifynet", "--epochs", "10", "--milestones", "5"], check=False)
     assert (explicit.epochs, explicit.milestones) == (10, [5])
@@ -276,12 +274,20 @@ def test_coteaching_trains_each_network_on_the_others_selection_and_resumes(
     assert history[0]["networks"][0]["selected_noisy_fraction"] == pytest.approx(
         1 - whole["injected_label_precision"])  # epoch 0: everything is selected
 
-    stop_at(monkeypatch, methods.CoTeaching, epoch=1, step=3)
+    stopped_and_resumed_like(whole, train_core.main, common, methods.CoTeaching, monkeypatch)
+
+
+def stopped_and_resumed_like(whole, main, common, cls, monkeypatch, epoch=1, step=3):
+    """A run of ``common`` stopped by SIGTERM in ``step`` of ``epoch`` and resumed ends with the
+    networks, history and scores of the uninterrupted run ``whole``."""
+    stop_at(monkeypatch, cls, epoch, step)
     with pytest.raises(RunInterrupted):
-        train_core.main([*common, "--run_name", "split"])
+        main([*common, "--run_name", "split"])
     monkeypatch.undo()
-    resumed = train_core.main([*common, "--run_name", "split", "--resume"])
+    resumed = main([*common, "--run_name", "split", "--resume"])
+    split = Path(resumed["run_dir"]) / "last.pt"
     same_networks(torch.load(Path(whole["run_dir"]) / "last.pt", weights_only=False),
-                  torch.load(tmp_path / "split" / "last.pt", weights_only=False))
-    assert [h["networks"] for h in resumed["history"]] == [h["networks"] for h in history]
+                  torch.load(split, weights_only=False))
+    assert [h["networks"] for h in resumed["history"]] == \
+        [h["networks"] for h in whole["history"]]
     assert resumed["final"] == whole["final"]

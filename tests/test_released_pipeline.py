@@ -144,12 +144,12 @@ def self_checkpoints(data_dir, tmp_path_factory):
 
 def test_init_from_starts_each_peer_from_a_self_run(data_dir, tmp_path, self_checkpoints):
     from core_reid.engine import build_peers
-    from methods import make_method
+    from methods import METHODS
     from core_reid.numerics import choose_numerics
     from core_reid.runs import init_peers_from
     parsed = train_core.parse_args(train_core.build_parser(), args(data_dir, tmp_path))
     parsed.method = "core"
-    method = make_method("core", parsed)
+    method = METHODS["core"](parsed)
     peers = build_peers(parsed, method, 8, CPU, choose_numerics(parsed, CPU))
     notes = init_peers_from([str(p) for p in self_checkpoints], peers, parsed, 8)
     for peer, path in zip(peers, self_checkpoints):

@@ -55,7 +55,10 @@ def check_run_folder(result, method, networks):
     assert metrics["final"]["epoch"] == 2
     ckpt = torch.load(run / "last.pt", weights_only=False)
     assert ckpt["epoch"] == 2 and len(ckpt["networks"]) == len(ckpt["optimizers"]) == networks
-    assert {"lambdas", "rng", "noisy_labels", "is_clean"} <= ckpt.keys()
+    assert {"method_state", "rng", "noisy_labels", "is_clean"} <= ckpt.keys()
+    if method in ("self", "core"):  # lambda is the method's state: the next epoch's, per net
+        assert ckpt["method_state"]["lambdas"] == [
+            1 / (1 + n["loss"]) for n in metrics["history"][-1]["networks"]]
     return metrics
 
 

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from methods import METHODS, make_method
-from core_reid.options import (METHOD_ONLY_FLAGS, SCRIPT_OF, build_parser, check_args,
-                               parse_args)
+from methods import METHODS, method_flags
+from core_reid.options import build_parser, check_args, parse_args
 from core_reid.runs import run_name
 from core_reid.utils import UserError, atomic_write_text
 
@@ -85,12 +84,12 @@ class Run:
 
     @property
     def script(self) -> str:
-        return SCRIPT_OF[self.method]
+        return METHODS[self.method].script
 
     @property
     def epochs(self) -> int:
-        """Epochs in the whole run (PurifyNet: both stages)."""
-        return make_method(self.method, self.args).total_epochs(self.args.epochs)
+        """Epochs in the whole run (every stage): the length of its method's schedule."""
+        return len(METHODS[self.method](self.args).lr_schedule(self.args))
 
     def command(self) -> list[str]:
         """The exact training command (the script's absolute path: jobs may start elsewhere);
@@ -117,24 +116,22 @@ def expand(datasets: Sequence[str], noise: Sequence[NoiseSetting], methods: Sequ
            seeds: Sequence[int], train_flags: Sequence[str], output_dir: Path,
            check: bool = True) -> list[Run]:
     """Every run of the grid with its command, dependencies first. ``train_flags`` go to every
-    run (a method's own flags, ``options.METHOD_ONLY_FLAGS``, to that method's runs only) and
-    are checked here, once, by the scripts' own parsers (unless ``check`` is False: reading a
-    grid's folder needs neither its data nor its inputs)."""
+    run (a method's own flags, those its class adds, to the runs of the methods that read them
+    only) and are checked here, once, by the scripts' own parsers (unless ``check`` is False:
+    reading a grid's folder needs neither its data nor its inputs)."""
     for method in methods:
         if method not in METHODS:
             raise UserError(f"--methods {method}: choose from {', '.join(METHODS)}")
     runs_dir = output_dir / "runs"
     runs: dict[str, Run] = {}
+    readers = method_flags()
 
     def make(dataset: str, setting: NoiseSetting, method: str, seed: int,
              in_grid: bool) -> Run:
-        others = [flag for owner, flags in METHOD_ONLY_FLAGS.items() if owner != method
-                  for flag in flags]
+        others = [flag for flag, (_, read_by) in readers.items() if method not in read_by]
         flags = _without(list(train_flags), others)
-        argv = [*flags, "--dataset", dataset, *setting.flags(), "--seed", str(seed),
-                "--output_dir", str(runs_dir)]
-        if method != "core":  # train_core.py's default; the others say theirs
-            argv = ["--method", method, *argv]
+        argv = ["--method", method, *flags, "--dataset", dataset, *setting.flags(), "--seed",
+                str(seed), "--output_dir", str(runs_dir)]
         needs = []
         if setting.kind == "pattern":
             clean = make(dataset, NoiseSetting("clean", 0.0), "baseline", seeds[0],
@@ -142,7 +139,7 @@ def expand(datasets: Sequence[str], noise: Sequence[NoiseSetting], methods: Sequ
             runs.setdefault(clean.name, clean)
             needs = [clean.name]
             argv += ["--pattern_model", str(clean.run_dir / "last.pt")]
-        parser = build_parser(SCRIPT_OF[method])
+        parser = build_parser(METHODS[method].script)
         args = parse_args(parser, argv, check=False)  # checked below, once the order is known
         args.method = method
         name = run_name(args)

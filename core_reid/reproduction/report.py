@@ -16,11 +16,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from methods import METHODS
 from core_reid.reproduction.plan import NoiseSetting, Run
 from core_reid.utils import atomic_write, atomic_write_text
 
-METHOD_NAMES = {"baseline": "Baseline", "self": "SELF", "core": "CORE",
-                "purifynet": "PurifyNet", "coteaching": "Co-teaching"}
 # Network 1's training labels after the final epoch (none to correct without noise).
 LABEL_KEYS = ("label_precision", "noisy_corrected", "noisy_memorized")
 
@@ -132,7 +131,7 @@ def _markdown(cells, columns, methods) -> str:
                 "| method | " + " | ".join(f"{d} {s.label}" for d, s in columns) + " |",
                 "|---|" + "---|" * len(columns)]
         for method in methods:
-            out.append(f"| {METHOD_NAMES[method]} | " + " | ".join(
+            out.append(f"| {METHODS[method].title} | " + " | ".join(
                 cell_text(cells.get((d, s, method)), which) for d, s in columns) + " |")
         out.append("")
     return "\n".join(out)
@@ -173,7 +172,7 @@ def _latex(cells, datasets, settings, methods) -> str:
                 "Method & " + " & ".join(escape(s.label) for _ in datasets for s in settings)
                 + r" \\", r"\midrule"]
         for method in methods:
-            out.append(METHOD_NAMES[method] + " & " + " & ".join(
+            out.append(METHODS[method].title + " & " + " & ".join(
                 escape(cell_text(cells.get((d, s, method)), which))
                 for d in datasets for s in settings) + r" \\")
         out += [r"\bottomrule", r"\end{tabular}", ""]
@@ -201,7 +200,7 @@ def _figure(cells, dataset: str, settings: list[NoiseSetting], methods: list[str
                 length = min(len(c) for c in curves)
                 epochs = [e for e, _ in curves[0][:length]]
                 values = 100 * np.array([[v for _, v in c[:length]] for c in curves])
-                line, = ax.plot(epochs, values.mean(axis=0), label=METHOD_NAMES[method])
+                line, = ax.plot(epochs, values.mean(axis=0), label=METHODS[method].title)
                 ax.fill_between(epochs, values.min(axis=0), values.max(axis=0),
                                 color=line.get_color(), alpha=0.2)
         finished = [cells[(dataset, setting, m)].results[0] for m in methods
