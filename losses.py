@@ -123,3 +123,52 @@ def co_teaching_losses(logits: torch.Tensor, peer_logits: torch.Tensor, labels: 
     theirs = small_loss_indices(peer_logits, labels, drop_rate)
     return (F.cross_entropy(logits[theirs].float(), labels[theirs]),
             F.cross_entropy(peer_logits[mine].float(), labels[mine]), mine, theirs)
+
+
+def two_gaussian_mixture(values: np.ndarray, reg: float = 5e-4, iterations: int = 500,
+                         tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The maximum-likelihood two-component Gaussian mixture of 1-d ``values`` by EM:
+    (weights, means, standard deviations), the smaller mean first. ``reg`` is added to each
+    variance (sklearn's ``reg_covar``), so that no component collapses onto a spike of equal
+    values. Deterministic: it works on the sorted values (sums independent of the sample
+    order) and starts from their lower and upper halves."""
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    if x.size < 2 or x[0] == x[-1]:
+        return np.array([1.0, 0.0]), np.array([x.mean(), x.mean()]), np.full(2, np.sqrt(reg))
+    halves = (x[:x.size // 2], x[x.size // 2:])
+    weights = np.array([0.5, 0.5])
+    means = np.array([h.mean() for h in halves])
+    var = np.array([h.var() for h in halves]) + reg
+    previous = -np.inf
+    for _ in range(iterations):
+        log_p = np.log(np.maximum(weights, 1e-300)) - 0.5 * (
+            np.log(2 * np.pi * var) + (x[:, None] - means) ** 2 / var)
+        top = log_p.max(axis=1, keepdims=True)
+        log_total = top + np.log(np.exp(log_p - top).sum(axis=1, keepdims=True))
+        resp = np.exp(log_p - log_total)
+        counts = np.maximum(resp.sum(axis=0), 1e-12)
+        weights = counts / x.size
+        means = (resp * x[:, None]).sum(axis=0) / counts
+        var = (resp * (x[:, None] - means) ** 2).sum(axis=0) / counts + reg
+        likelihood = float(log_total.sum())
+        if likelihood - previous <= tol * abs(likelihood):
+            break
+        previous = likelihood
+    order = np.argsort(means)
+    return weights[order], means[order], np.sqrt(var[order])
+
+
+def estimate_noise_rate(per_sample_losses: np.ndarray) -> dict[str, float]:
+    """The fraction of wrong labels in a training set, from each sample's loss on its
+    annotated label (DivideMix, Li et al., ICLR 2020): a network that has learned the clean
+    labels but not yet memorised the wrong ones gives them low and high losses; the weight of
+    the high component of a two-component Gaussian mixture fitted to the losses, min-max
+    normalised to [0, 1] with a variance floor of 5e-4 (DivideMix's settings), estimates the
+    noise rate. Also returns the two components' means, in loss units."""
+    losses_ = np.asarray(per_sample_losses, dtype=np.float64)
+    low, span = losses_.min(), np.ptp(losses_)
+    weights, means, _ = two_gaussian_mixture((losses_ - low) / span if span > 0
+                                             else losses_ - low)
+    return {"forget_rate_estimate": float(weights[1]),
+            "clean_mean_loss": float(low + span * means[0]),
+            "noisy_mean_loss": float(low + span * means[1])}

@@ -28,9 +28,9 @@ from methods import METHODS, Method, Peer
 from model import build_model
 from core_reid.fast_path import check_fast_path
 from core_reid.numerics import (Numerics, apply_tf32, choose_numerics, describe_environment,
-                      numerics_record, pick_device)
+                      numerics_record, pick_device, set_threads)
 from core_reid.pictures import label_correction_picture, sampled_ranked_list
-from core_reid.pretraining import describe_record, initial_backbone, pretrained_record
+from core_reid.pretraining import describe_record, initial_backbone, resumed_record
 from core_reid.recorder import TEST_KEYS, RunRecorder
 from core_reid.run_data import (inject_noise, load_data, noise_meta, predicted_labels,
                       prepare_synthetic_data)
@@ -181,6 +181,7 @@ def epoch_record(run: RunState, epoch: int, progress: EpochProgress
 def train(args: argparse.Namespace, method_name: str) -> dict:
     """Train, test and save a whole run; returns metrics.json's content."""
     args.method = method_name
+    set_threads(args.threads)
     method = METHODS[method_name](args)
     lr = method.lr_schedule(args)  # built once: every epoch's learning rate
     epochs = len(lr)
@@ -195,12 +196,12 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
         if ckpt is None and (run_dir / "last.pt").is_file():
             raise UserError(f"{run_dir}: another process wrote this run while this one "
                             "started; rerun with --resume auto to continue it")
-        state = (load_for_resume(ckpt, args, method.name, method.fixed_on_resume) if ckpt
-                 else None)
+        state = (load_for_resume(ckpt, args, method.name, method.fixed_on_resume,
+                                 method.fixed_before_flag) if ckpt else None)
         if state is not None:
             check_metrics_file(run_dir, state)
         weights, pretrained = (initial_backbone(args, train) if state is None
-                               else (None, pretrained_record(args)))  # resumed: its own
+                               else (None, resumed_record(args, run_dir)))  # its own
         data = load_data(args, device, numerics, method.uses_train_test_view)
         numerics = dataclasses.replace(numerics, data_path=data.data_path)
         apply_tf32(numerics, device)

@@ -162,17 +162,29 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine() or "CPU"
 
 
+def set_threads(threads: Optional[int]) -> int:
+    """``--threads``: torch's CPU threads for the rest of the process, set before any work
+    (None: torch's own default, or what OMP_NUM_THREADS says). CPU results depend on it:
+    reductions split their sums by thread, so another count rounds differently and training
+    diverges from there. Returns the count in use."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
 def numerics_record(numerics: Numerics, device: torch.device, workers: int) -> dict[str, Any]:
-    """metrics.json's ``numerics`` block: the choices plus the software and hardware."""
+    """metrics.json's ``numerics`` block: the choices plus the software and hardware, and the
+    CPU threads torch computes with."""
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     return {**asdict(numerics), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "cuda": torch.version.cuda,
             "cudnn": cudnn, "device": str(device), "device_name": device_name(device),
-            "workers": workers}
+            "workers": workers, "threads": torch.get_num_threads()}
 
 
 def describe_environment(record: dict[str, Any]) -> str:
     """One log line with the software and hardware of ``numerics_record``."""
     return (f"torch {record['torch']}, torchvision {record['torchvision']}, CUDA "
             f"{record['cuda']}, cuDNN {record['cudnn']}; {record['device']} "
-            f"({record['device_name']}), {record['workers']} workers")
+            f"({record['device_name']}), {record['threads']} CPU threads, "
+            f"{record['workers']} workers")

@@ -79,6 +79,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     a("--gpu", type=int, default=None, help="CUDA device index to use (the released code's "
       "flag; default: the current CUDA device)")
     a("--workers", type=int, default=4, help="processes decoding images")
+    a("--threads", type=int, default=None, metavar="N",
+      help="CPU threads torch computes with (torch.set_num_threads), set before any work; "
+      "default: torch's own (OMP_NUM_THREADS, else the cores). CPU results depend on it; "
+      "recorded in metrics.json (numerics.threads)")
     a("--numerics", default="fast", choices=NUMERICS,
       help="'fast': bf16 autocast, TF32, channels_last and fused SGD on CUDA (each only where "
       "torch and the device support it) and the image cache; 'released': the released "
@@ -197,6 +201,9 @@ def check_args(args: argparse.Namespace) -> None:
         ("--eval_every", args.eval_every, args.eval_every >= 1, ">= 1 (released: 2)"),
         ("--workers", args.workers, args.workers >= 0, ">= 0 (0 decodes in the main process)"),
     ]
+    if args.threads is not None:
+        ranges.append(("--threads", args.threads, args.threads >= 1,
+                       ">= 1 (default: torch's own)"))
     for flag, value, ok, accepted in ranges:
         check_number(flag, value, ok, accepted)
     if getattr(args, "method", None) in METHODS:

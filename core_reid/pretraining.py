@@ -12,12 +12,18 @@ shared with the run's data), and cached under ``DATA_DIR/synthetic_pretraining/`
     runs/<key>/                the pretraining run while it trains (removed once cached)
     <key>.pt                   {"state_dict": backbone, "record": where it came from (JSON)}
 
-``<key>`` = architecture, image size and a hash of the generator and training settings. The
-cache is written atomically; a damaged one is made again. Every later run reuses it.
+``<key>`` = architecture, image size and a hash of everything that decides the cached bits: the
+generator and training settings, the code that makes it (``PRETRAINING_SOURCES``), the torch and
+torchvision versions, the CPU threads, the device kind and the arithmetic. Any of them changed,
+the name changes and the pretraining is made again (with a note saying what differs from the
+last one made), never silently reused. The cache is written atomically; a damaged one is made
+again. A run records the file's sha256 in its ``pretrained`` block: two runs started from the
+same backbone exactly when their checksums agree.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import dataclasses
 import hashlib
@@ -29,9 +35,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
+import torchvision
 
 from datasets.synthetic import PRESETS, SyntheticSpec
 from model import backbone_weights, fit_backbone
+from core_reid.numerics import choose_numerics
 from core_reid.options import saved_args
 from core_reid.run_data import prepare_synthetic_data
 from core_reid.runs import network_from_checkpoint, read_checkpoint
@@ -42,8 +50,27 @@ CACHE_FOLDER = "synthetic_pretraining"
 # engine.train: (args, method name) -> metrics.json's content
 Trainer = Callable[[argparse.Namespace, str], dict]
 # The settings of the run's computation that the pretraining run shares.
-SHARED_FLAGS = ("device", "gpu", "workers", "numerics", "data_path", "amp", "channels_last",
-                "compile")
+SHARED_FLAGS = ("device", "gpu", "workers", "threads", "numerics", "data_path", "amp",
+                "channels_last", "compile")
+REPO = Path(__file__).resolve().parents[1]
+# The code the pretraining run executes that decides the cached backbone or the record saved
+# with it (paths from the repository root). Left out: what only logs, draws, locks or parses
+# flags' words (recorder, pictures, utils), and what it never runs (the other datasets, re-
+# ranking, the grid, test.py's re-scoring).
+PRETRAINING_SOURCES = (
+    # the separate download and its prepared splits
+    "datasets/synthetic.py", "datasets/synthetic_shapes.py", "datasets/prepare.py",
+    "datasets/download.py", "datasets/layout.py", "datasets/market1501.py", "datasets/__init__.py",
+    # reading, augmenting and batching it; its (zero) label noise
+    "datasets/folder.py", "datasets/pipeline.py", "datasets/noise.py", "core_reid/run_data.py",
+    # the network, the loss, the loop, its checkpoints (an interrupted pretraining resumes), the
+    # inner run's flags and defaults, and the spec
+    "model.py", "losses.py", "methods/__init__.py", "methods/base.py", "methods/baseline.py",
+    "core_reid/engine.py", "core_reid/run_state.py", "core_reid/runs.py",
+    "core_reid/numerics.py", "core_reid/options.py", "core_reid/pretraining.py",
+    # the test scores the record keeps
+    "eval_utils.py", "eval_lib/__init__.py", "eval_lib/_eval_cy.pyx",
+)
 
 
 @dataclass(frozen=True)
@@ -74,12 +101,57 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def cache_path(data_dir: Path, arch: str, img_size: list[int],
-               spec: PretrainingSpec) -> Path:
-    """The cached backbone of ``arch`` at ``img_size`` pretrained as ``spec`` says."""
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            first = node.body[0] if node.body else None
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and \
+                    isinstance(first.value.value, str):
+                node.body = node.body[1:]
+    return tree
+
+
+def code_digest() -> str:
+    """A hash of the code of ``PRETRAINING_SOURCES``: Python files as their syntax tree without
+    docstrings (comments, docstrings and layout do not count, so editing words alone does not
+    make the pretraining again), other files as they are."""
+    digest = hashlib.sha256()
+    for name in PRETRAINING_SOURCES:
+        path = REPO / name
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".py":
+            text = ast.dump(_without_docstrings(ast.parse(text, str(path))))
+        digest.update(f"{name}\0{text}\0".encode())
+    return digest.hexdigest()[:12]
+
+
+def computation(args: argparse.Namespace) -> dict[str, Any]:
+    """What decides the pretraining's bits besides its spec: the code, the torch and
+    torchvision versions, the CPU threads (``--threads``, else torch's default here), the
+    device kind and the arithmetic ``--numerics`` and its switches choose there."""
+    device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
+    numerics = dataclasses.asdict(choose_numerics(args, torch.device(device)))
+    return {"code": code_digest(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "threads": getattr(args, "threads", None) or torch.get_num_threads(),
+            "device": device, "numerics": {k: v for k, v in numerics.items() if k != "mode"}}
+
+
+def cache_path(data_dir: Path, arch: str, img_size: list[int], spec: PretrainingSpec,
+               made_by: dict[str, Any]) -> Path:
+    """The cached backbone of ``arch`` at ``img_size`` pretrained as ``spec`` says, by the
+    ``computation`` ``made_by``."""
     key = _digest([arch, list(img_size), dataclasses.asdict(spec),
-                   dataclasses.asdict(spec.generator())])
+                   dataclasses.asdict(spec.generator()), made_by])
     return data_dir / CACHE_FOLDER / f"{arch}_{img_size[0]}x{img_size[1]}_{key}.pt"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def pretrained_record(args: argparse.Namespace) -> dict:
@@ -93,16 +165,27 @@ def pretrained_record(args: argparse.Namespace) -> dict:
 
 def synthetic_record(args: argparse.Namespace, spec: PretrainingSpec) -> dict:
     """The synthetic pretraining of ``args.arch`` at ``args.img_size``: its cache file under
-    ``args.data_dir``, the separate download's generator (its seed decides the people) and
-    the training settings."""
+    ``args.data_dir``, the separate download's generator (its seed decides the people), the
+    training settings and the ``computation`` that makes it."""
+    made_by = computation(args)
     record = {"source": SYNTHETIC,
-              "cache": str(cache_path(Path(args.data_dir), args.arch, args.img_size,
-                                      spec).resolve()),
+              "cache": str(cache_path(Path(args.data_dir), args.arch, args.img_size, spec,
+                                      made_by).resolve()),
               "arch": args.arch, "img_size": list(args.img_size),
               "generator": dataclasses.asdict(spec.generator()),
               **{k: v for k, v in dataclasses.asdict(spec).items()
-                 if k in ("epochs", "milestones", "lr", "batchsize", "seed")}}
+                 if k in ("epochs", "milestones", "lr", "batchsize", "seed")},
+              "computation": made_by}
     return json.loads(json.dumps(record))  # as the cache reads it back: lists, not tuples
+
+
+def resumed_record(args: argparse.Namespace, run_dir: Path) -> dict:
+    """A resumed run's ``pretrained`` block: the one its metrics.json recorded when it started
+    (where its backbone came from), else what its flags say today."""
+    try:
+        return json.loads((run_dir / "metrics.json").read_text())["pretrained"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return pretrained_record(args)
 
 
 def describe_record(record: dict) -> str:
@@ -110,9 +193,13 @@ def describe_record(record: dict) -> str:
     if record["source"] == SYNTHETIC:
         made = ("" if "reused" not in record else " (cached earlier)" if record["reused"]
                 else f" (made now in {record['made_in_s']:.0f}s)")
-        return (f"backbone: synthetic pretraining, {record['cache']}{made}; generator seed "
-                f"{record['generator']['seed']}, {record['generator']['num_train_ids']} "
-                f"identities, {record['epochs']} epochs")
+        by = record.get("computation", {})
+        return (f"backbone: synthetic pretraining, {record['cache']}{made}"
+                + (f", sha256 {record['sha256'][:16]}" if "sha256" in record else "")
+                + f"; generator seed {record['generator']['seed']}, "
+                f"{record['generator']['num_train_ids']} identities, {record['epochs']} epochs"
+                + (f"; code {by['code']}, torch {by['torch']}, {by['threads']} CPU threads"
+                   if by else ""))
     return "backbone: " + {"imagenet": "ImageNet weights (torchvision)",
                            "none": "from scratch"}.get(record["source"], record.get("path", ""))
 
@@ -136,9 +223,40 @@ def synthetic_backbone(args: argparse.Namespace, train: Trainer,
     path = Path(record["cache"])
     started = time.time()
     cached = _read_cache(path, args.arch)
+    if cached is None:
+        _say_why_not_reused(path, record)
     state, made = cached if cached is not None else _pretrain(args, train, spec, path, record)
     return state, {**made, "cache": str(path), "reused": cached is not None,
-                   "seconds": round(time.time() - started, 1)}
+                   "sha256": file_sha256(path), "seconds": round(time.time() - started, 1)}
+
+
+def _say_why_not_reused(path: Path, record: dict) -> None:
+    """Print what differs between the pretraining about to be made and the latest one made
+    for the same architecture and image size, if any (e.g. the code or the threads)."""
+    others = sorted((p for p in path.parent.glob(f"{path.name.rsplit('_', 1)[0]}_*.pt")
+                     if p != path), key=lambda p: p.stat().st_mtime, reverse=True)
+    for other in others:
+        try:
+            then = json.loads(torch.load(other, map_location="cpu", weights_only=True,
+                                         mmap=True)["record"])
+        except Exception:  # damaged or not ours: nothing to compare with
+            continue
+        changes = _changes(then, {k: v for k, v in record.items() if k != "cache"})
+        print(f"note: not reusing {other.name}: it was made with "
+              f"{'; '.join(changes) or 'the same settings (another key scheme)'}", flush=True)
+        return
+
+
+def _changes(then: dict, now: dict, prefix: str = "") -> list[str]:
+    """'name old (now new)' for each setting in ``now`` that ``then`` had otherwise."""
+    changes = []
+    for key, value in now.items():
+        old = then.get(key, "(not recorded)")
+        if isinstance(value, dict):
+            changes += _changes(old if isinstance(old, dict) else {}, value, f"{prefix}{key}.")
+        elif old != value:
+            changes.append(f"{prefix}{key} {old} (now {value})")
+    return changes
 
 
 def _read_cache(path: Path, arch: str) -> Optional[tuple[dict, dict]]:
@@ -183,8 +301,7 @@ def _pretrain(args: argparse.Namespace, train: Trainer, spec: PretrainingSpec, p
     made = {**record, "made_on": time.strftime("%Y-%m-%d %H:%M"),
             "made_in_s": round(time.time() - started, 1),
             "train_images": len(state["true_labels"]), "train_acc": last["train_acc"],
-            "test_rank1": metrics["final"]["rank1"], "test_mAP": metrics["final"]["mAP"],
-            "torch": torch.__version__}
+            "test_rank1": metrics["final"]["rank1"], "test_mAP": metrics["final"]["mAP"]}
     atomic_write(path, lambda tmp: torch.save({"state_dict": backbone,
                                                "record": json.dumps(made)}, tmp))
     shutil.rmtree(run_dir, ignore_errors=True)

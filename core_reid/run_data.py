@@ -180,33 +180,49 @@ def call_model_on_flipped(model: torch.nn.Module, images: torch.Tensor) -> torch
     return model(images.flip(3))
 
 
+def view_forward(view: str) -> Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]:
+    """The logits the released extractors keep ('flipped': the mirrored image's) or the
+    image's own ('plain')."""
+    return call_model_on_flipped if view == "flipped" else call_model
+
+
 def second_labels(model: torch.nn.Module, data: RunData, view: str,
                   device: torch.device) -> np.ndarray:
     """Patterned noise's second label of every training image, from a clean model: its top-1
     class if wrong, else its top-2; ``view`` 'flipped' (released) or 'plain'."""
-    forward = call_model_on_flipped if view == "flipped" else call_model
-    logits = eval_outputs(model.to(device), data.train_test_view(), forward, device,
+    logits = eval_outputs(model.to(device), data.train_test_view(), view_forward(view), device,
                           desc="clean model's predictions")
     return second_labels_from_logits(logits.cpu().numpy(), data.true_labels)
+
+
+def train_logits(net: torch.nn.Module, data: RunData, device: torch.device,
+                 numerics: Numerics) -> torch.Tensor:
+    """The network's class logits of every training image, in sample order (eval mode, no
+    augmentation; float32, on the device)."""
+    return eval_outputs(net, data.train_plain, call_model, device, numerics.amp,
+                        numerics.channels_last)
 
 
 def predicted_labels(net: torch.nn.Module, data: RunData, device: torch.device,
                      numerics: Numerics) -> np.ndarray:
     """The network's class for every training image (eval mode, no augmentation): its refined
     labels."""
-    return eval_outputs(net, data.train_plain, call_model, device, numerics.amp,
-                        numerics.channels_last).argmax(dim=1).cpu().numpy()
+    return train_logits(net, data, device, numerics).argmax(dim=1).cpu().numpy()
 
 
 def train_descriptors_and_classes(net: torch.nn.Module, data: RunData, device: torch.device,
-                                  numerics: Numerics) -> tuple[np.ndarray, np.ndarray]:
+                                  numerics: Numerics, view: str = "flipped"
+                                  ) -> tuple[np.ndarray, np.ndarray]:
     """The test descriptor and the predicted class of every training image, in sample order,
     both with the test transform in eval mode: what PurifyNet's stage 2 weighs and relabels
-    with (the released script's missing ``extr_fea_train``)."""
-    view = data.train_test_view()
-    descriptors = eval_outputs(net, view, pool5_descriptor, device, numerics.amp,
+    with. The released ``extr_fea_train`` (``eval_utils.extract_feature_v1``) sums the
+    L2-normalised pool5 features of the image and its mirror and normalises the sum (our test
+    descriptor); its class is the argmax of the mirror's logits, because its flip loop
+    overwrites the image's: ``view`` 'flipped' (released) or 'plain' (the image's own)."""
+    batches = data.train_test_view()
+    descriptors = eval_outputs(net, batches, pool5_descriptor, device, numerics.amp,
                                numerics.channels_last, desc="training descriptors")
-    classes = eval_outputs(net, view, call_model, device, numerics.amp,
+    classes = eval_outputs(net, batches, view_forward(view), device, numerics.amp,
                            numerics.channels_last).argmax(dim=1)
     return descriptors.cpu().numpy(), classes.cpu().numpy()
 

@@ -15,7 +15,7 @@ from datasets.noise import NoisyLabels
 from methods import Method, Peer
 from core_reid.numerics import Numerics
 from core_reid.recorder import RunRecorder
-from core_reid.run_data import RunData, train_descriptors_and_classes
+from core_reid.run_data import RunData, train_descriptors_and_classes, train_logits
 from core_reid.runs import read_checkpoint
 
 
@@ -65,8 +65,12 @@ class RunState:
 
     # ---- methods.RunAccess --------------------------------------------------------------------
 
-    def train_outputs(self, net: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
-        return train_descriptors_and_classes(net, self.data, self.device, self.numerics)
+    def train_outputs(self, net: torch.nn.Module, view: str = "flipped"
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        return train_descriptors_and_classes(net, self.data, self.device, self.numerics, view)
+
+    def train_logits(self, net: torch.nn.Module) -> torch.Tensor:
+        return train_logits(net, self.data, self.device, self.numerics)
 
     def load_best(self) -> str:
         state = read_checkpoint(self.run_dir / "best.pt", "best.pt")

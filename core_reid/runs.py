@@ -191,10 +191,12 @@ def checkpoint_labels(state: dict[str, Any], meta: dict) -> NoisyLabels:
 
 
 def load_for_resume(path: Path, args: argparse.Namespace, method: str,
-                    fixed: Sequence[str] = ()) -> dict[str, Any]:
+                    fixed: Sequence[str] = (), before_flag: Optional[dict[str, Any]] = None
+                    ) -> dict[str, Any]:
     """The checkpoint to resume, checked against this command's settings (those every run must
-    keep, and the method's ``fixed`` ones); for a damaged one, the error names the run's other
-    checkpoint when that one is readable."""
+    keep, and the method's ``fixed`` ones; ``before_flag``: what a checkpoint that predates
+    one of them ran with); for a damaged one, the error names the run's other checkpoint when
+    that one is readable."""
     try:
         state = read_checkpoint(path, "--resume")
     except UserError as err:
@@ -212,7 +214,7 @@ def load_for_resume(path: Path, args: argparse.Namespace, method: str,
         raise UserError(f"--resume {path}: a {state['method']} run cannot continue as {method}; "
                         "use the script and method that started it")
     for key in (*MUST_MATCH_ON_RESUME, *fixed):
-        saved = state["args"].get(key, "(not recorded)")
+        saved = state["args"].get(key, (before_flag or {}).get(key, "(not recorded)"))
         if saved != getattr(args, key):
             raise UserError(f"--resume {path}: the run used --{key} {saved}, this command says "
                             f"{getattr(args, key)}; use the same value or start a new run")

@@ -38,9 +38,15 @@ class RunAccess(Protocol):
     @property
     def num_classes(self) -> int: ...
 
-    def train_outputs(self, net: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    def train_outputs(self, net: torch.nn.Module, view: str = "flipped"
+                      ) -> tuple[np.ndarray, np.ndarray]:
         """(descriptor, predicted class) of every training image, in sample order: test
-        transform, eval mode."""
+        transform, eval mode; the class from the logits of the ``view`` named ('flipped': the
+        mirrored image's, as the released extractor; 'plain': the image's own)."""
+
+    def train_logits(self, net: torch.nn.Module) -> torch.Tensor:
+        """Class logits of every training image, in sample order: eval mode, no augmentation
+        (float32, on the device)."""
 
     def load_best(self) -> str:
         """The run's best.pt networks into the peers; returns a note for the log."""
@@ -82,6 +88,8 @@ class Method:
     # (flag, checkpoints) the networks start from, when a run starts
     init_checkpoints: Optional[tuple[str, list[str]]] = None
     fixed_on_resume: tuple[str, ...] = ()  # flags a resumed run may not change
+    # What a checkpoint written before one of those flags existed ran with (flag: value).
+    fixed_before_flag: dict[str, Any] = {}
     uses_train_test_view = False  # reads the training images through the test transform
 
     def __init__(self, args: argparse.Namespace):

@@ -24,7 +24,9 @@ class PurifyNet(SelfRefining):
 
     ``--purify_stage`` 'both' (one run: stage 1, then stage 2 from its last or best network),
     '1', or '2' (the network starts from ``--stage1_checkpoint``). Each stage has ``--epochs``
-    epochs, numbered on from one stage to the next, and its own learning-rate schedule."""
+    epochs, numbered on from one stage to the next, and its own learning-rate schedule.
+    ``--stage2_view``: stage 2's labels are the argmax of the mirrored image's logits
+    ('flipped', the released extractor's) or of the image's own ('plain')."""
     name = "purifynet"
     title = "PurifyNet"
     script = "train_self.py"
@@ -35,13 +37,16 @@ class PurifyNet(SelfRefining):
     # which under PyTorch >= 1.1 decays before epochs 19 and 39 of the stage.
     defaults = {"epochs": 41, "milestones": [19, 39]}
     fixed_on_resume = ("epochs", "milestones", "purify_stage", "ramp_epochs", "beta_shape",
-                       "stage2_from", "stage1_checkpoint")
+                       "stage2_from", "stage1_checkpoint", "stage2_view")
+    # before --stage2_view, stage 2's labels came from the image's own logits
+    fixed_before_flag = {"stage2_view": "plain"}
     uses_train_test_view = True  # stage 2's descriptors and predicted classes
 
     def __init__(self, args: argparse.Namespace):
         super().__init__(args)
         self.stages, self.ramp_epochs = args.purify_stage, args.ramp_epochs
         self.beta_shape, self.stage2_from = tuple(args.beta_shape), args.stage2_from
+        self.stage2_view = args.stage2_view
         # the first epoch of stage 2 (None: stage 1 alone)
         self.stage2_start = {"both": args.epochs, "1": None, "2": 0}[self.stages]
         if self.stages == "2":
@@ -70,6 +75,10 @@ class PurifyNet(SelfRefining):
         a("--stage2_from", default="last", choices=["last", "best"],
           help="stage 2 starts from stage 1's 'last' network (no test-set information enters "
           "training) or its 'best' by test rank-1 (the released script)")
+        a("--stage2_view", default="flipped", choices=["flipped", "plain"],
+          help="stage 2: each training image's label is the argmax of the logits of "
+          "'flipped' = its mirror, test transform (the released extractor, through a reused "
+          "loop variable) or 'plain' = the image itself")
 
     @classmethod
     def check_args(cls, args: argparse.Namespace) -> None:
@@ -91,6 +100,9 @@ class PurifyNet(SelfRefining):
                             "--purify_stage 2 only: add --purify_stage 2, or drop it")
         elif args.purify_stage == "1" and args.stage2_from != "last":
             raise UserError(f"--stage2_from {args.stage2_from} with --purify_stage 1: there is "
+                            "no stage 2 in this run; drop it")
+        elif args.purify_stage == "1" and args.stage2_view != "flipped":
+            raise UserError(f"--stage2_view {args.stage2_view} with --purify_stage 1: there is "
                             "no stage 2 in this run; drop it")
 
     def lr_schedule(self, args: argparse.Namespace) -> np.ndarray:
@@ -123,7 +135,7 @@ class PurifyNet(SelfRefining):
             else []
         run.reset_optimizers()
         self.lambdas = [None]
-        features, predicted = run.train_outputs(run.peers[0].net)
+        features, predicted = run.train_outputs(run.peers[0].net, self.stage2_view)
         labels = run.labels
         self.targets = predicted.astype(np.int64)
         self.weights = losses.beta_weights(features, labels.noisy_labels, run.num_classes,
@@ -138,7 +150,8 @@ class PurifyNet(SelfRefining):
         s = self.summary_stats
         return notes + [
             f"stage 2 starts at epoch {epoch}: fresh optimiser; labels = the network's "
-            f"predictions (label precision {s['train_label_precision']:.3f}), Beta"
+            f"predictions, {self.stage2_view} view (label precision "
+            f"{s['train_label_precision']:.3f}), Beta"
             f"{self.beta_shape} weights: mean {self.weights.mean():.3f} (clean samples "
             + (f"{s['mean_weight_clean']:.3f}" if s["mean_weight_clean"] is not None else "-")
             + ", noisy " + (f"{s['mean_weight_noisy']:.3f}" if s["mean_weight_noisy"]

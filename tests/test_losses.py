@@ -75,3 +75,20 @@ def test_co_refining_sends_no_gradient_into_the_peer():
 def test_next_lambda():
     assert losses.next_lambda(0.0) == 1.0
     assert losses.next_lambda(3.0) == pytest.approx(0.25)
+
+
+def test_the_loss_mixture_recovers_a_known_fraction_whatever_the_sample_order():
+    rng = np.random.default_rng(0)
+    for fraction in (0.2, 0.5):
+        noisy = rng.random(2000) < fraction
+        values = np.where(noisy, rng.normal(4.0, 0.8, 2000), rng.normal(1.0, 0.5, 2000))
+        weights, means, stds = losses.two_gaussian_mixture(values)
+        assert weights.sum() == pytest.approx(1.0)
+        assert means == pytest.approx([1.0, 4.0], abs=0.1)
+        assert stds == pytest.approx([0.5, 0.8], abs=0.1)
+        estimate = losses.estimate_noise_rate(values)
+        assert estimate["forget_rate_estimate"] == pytest.approx(noisy.mean(), abs=0.02)
+        assert estimate["clean_mean_loss"] == pytest.approx(1.0, abs=0.1)
+        assert estimate["noisy_mean_loss"] == pytest.approx(4.0, abs=0.1)
+        assert losses.estimate_noise_rate(rng.permutation(values)) == estimate  # bit for bit
+    assert losses.estimate_noise_rate(np.full(10, 2.0))["forget_rate_estimate"] == 0.0

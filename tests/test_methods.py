@@ -17,8 +17,18 @@ import losses
 import methods
 import train_core
 import train_self
+from core_reid import pretraining
+from core_reid.numerics import choose_numerics
+from core_reid.run_data import load_data, train_descriptors_and_classes
+from core_reid.runs import network_from_checkpoint, read_checkpoint
 from core_reid.run_state import RunState
 from core_reid.utils import RunInterrupted
+from datasets import load_split
+from datasets.pipeline import eval_transform
+from datasets.prepare import prepare
+from datasets.synthetic import make_preset
+from eval_utils import eval_outputs
+from model import build_model
 
 TINY = ["--arch", "resnet18", "--pretrained", "none", "--img_size", "32", "16",
         "--batchsize", "4", "--workers", "0", "--lr", "0.02", "--milestones"]
@@ -65,16 +75,95 @@ def released_weights(features, noisy, num_classes, alpha=2, beta=6):
     return weights[np.argsort(indexs)].astype(np.float32)
 
 
-def coteaching_step(y_1, y_2, t, forget_rate):
-    """The Co-teaching authors' loss_coteaching, restated."""
-    loss_1 = F.cross_entropy(y_1, t, reduction="none")
-    ind_1_sorted = np.argsort(loss_1.detach().numpy())
-    loss_2 = F.cross_entropy(y_2, t, reduction="none")
-    ind_2_sorted = np.argsort(loss_2.detach().numpy())
-    num_remember = int((1 - forget_rate) * len(ind_1_sorted))
-    ind_1_update, ind_2_update = ind_1_sorted[:num_remember], ind_2_sorted[:num_remember]
-    return (F.cross_entropy(y_1[ind_2_update], t[ind_2_update]),
-            F.cross_entropy(y_2[ind_1_update], t[ind_1_update]), ind_1_update, ind_2_update)
+def released_fliplr(img):
+    inv_idx = torch.arange(img.size(3) - 1, -1, -1).long()  # N x C x H x W
+    img_flip = img.index_select(3, inv_idx)
+    return img_flip
+
+
+class ReleasedEvalNet(torch.nn.Module):
+    """The released ``ft_net.forward`` in eval mode, around one of our networks: (logits, the
+    L2-normalised pool5 feature)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def l2norm(self, x):
+        norm = x.pow(2).sum(dim=1, keepdim=True).sqrt()
+        out = torch.div(x, norm)
+        return out
+
+    def forward(self, x):
+        y = self.net.pool5(x)  # conv1 .. layer4, avgpool, squeeze
+        x = self.net.classifier(self.net.head(y))
+        if self.training:
+            return x
+        else:
+            return x, self.l2norm(y)
+
+
+def released_extract_feature_v1(model, dataloaders, dim):
+    """eval_utils.extract_feature_v1, on the CPU (``dim``: the released 2048, pool5's size)."""
+    features = torch.FloatTensor()
+    count = 0
+    new_label = []
+    for data in dataloaders:
+        img, label, _ = data
+        n, c, h, w = img.size()
+        count += n
+        ff = torch.FloatTensor(n, dim).zero_()
+        # add original and flipped features
+        for i in range(2):
+            if (i == 1):
+                img = released_fliplr(img)
+            input_img = img
+            logits, outputs = model(input_img)
+            f = outputs.data.cpu()
+            ff = ff + f
+        # norm feature
+        fnorm = torch.norm(ff, p=2, dim=1, keepdim=True)
+        ff = ff.div(fnorm.expand_as(ff))
+        features = torch.cat((features, ff), 0)
+        _, tmp_label = logits.max(1)
+        new_label = np.append(new_label, tmp_label)
+    return features, new_label
+
+
+# Loss functions
+def loss_coteaching(y_1, y_2, t, forget_rate, ind, noise_or_not):
+    """The Co-teaching authors' loss.py, as published (``reduce = False``: today's
+    ``reduction="none"``)."""
+    loss_1 = F.cross_entropy(y_1, t, reduce = False)  # noqa: E251
+    ind_1_sorted = np.argsort(loss_1.data.cpu())
+    loss_1_sorted = loss_1[ind_1_sorted]
+
+    loss_2 = F.cross_entropy(y_2, t, reduce = False)  # noqa: E251
+    ind_2_sorted = np.argsort(loss_2.data.cpu())
+    loss_2_sorted = loss_2[ind_2_sorted]  # noqa: F841
+
+    remember_rate = 1 - forget_rate
+    num_remember = int(remember_rate * len(loss_1_sorted))
+
+    pure_ratio_1 = np.sum(noise_or_not[ind[ind_1_sorted[:num_remember]]])/float(num_remember)
+    pure_ratio_2 = np.sum(noise_or_not[ind[ind_2_sorted[:num_remember]]])/float(num_remember)
+
+    ind_1_update=ind_1_sorted[:num_remember]
+    ind_2_update=ind_2_sorted[:num_remember]
+    # exchange
+    loss_1_update = F.cross_entropy(y_1[ind_2_update], t[ind_2_update])
+    loss_2_update = F.cross_entropy(y_2[ind_1_update], t[ind_1_update])
+
+    return torch.sum(loss_1_update)/num_remember, torch.sum(loss_2_update)/num_remember, \
+        pure_ratio_1, pure_ratio_2
+
+
+def coteaching_rates(forget_rate, n_epoch, num_gradual, exponent):
+    """The authors' main.py: its drop-rate schedule, and the rate each trained epoch uses
+    (``for epoch in range(1, args.n_epoch)``: epoch 0 only tests the untrained networks)."""
+    rate_schedule = np.ones(n_epoch)*forget_rate
+    rate_schedule[:num_gradual] = np.linspace(0, forget_rate**exponent, num_gradual)
+    return [rate_schedule[epoch] for epoch in range(1, n_epoch)]
 
 
 # ---- formulas ------------------------------------------------------------------------------------
@@ -113,25 +202,69 @@ def test_instance_weighted_loss_is_the_batch_mean_of_weighted_cross_entropy():
     assert torch.allclose(losses.instance_weighted_loss(logits, labels, weights), expected)
 
 
-def test_co_teaching_selection_equals_the_authors_loop_and_each_trains_the_other():
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+def test_co_teaching_selection_equals_the_authors_loss_but_for_its_scale():
+    """Each network trains on the peer's small-loss selection, as the authors' loss_coteaching;
+    theirs returns that selection's mean cross-entropy divided again by num_remember, ours the
+    mean itself (docs/methods.md: why)."""
     torch.manual_seed(0)
-    for n, rate in ((32, 0.0), (32, 0.2), (17, 0.5), (8, 0.75)):
+    for n, rate in ((32, 0.0), (32, 0.2), (17, 0.5), (8, 0.75), (128, 0.5)):
         y_1, y_2 = torch.randn(n, 6), torch.randn(n, 6)
         t = torch.randint(0, 6, (n,))
+        noise_or_not = np.random.default_rng(n).random(n) < 0.6  # True: a clean label
+        ind = np.arange(n)  # the batch's sample numbers
         first, second, mine, theirs = losses.co_teaching_losses(y_1, y_2, t, rate)
-        l1, l2, ind_1, ind_2 = coteaching_step(y_1, y_2, t, rate)
-        assert sorted(mine.tolist()) == sorted(ind_1.tolist())
-        assert sorted(theirs.tolist()) == sorted(ind_2.tolist())
-        assert torch.allclose(first, l1) and torch.allclose(second, l2)
-        assert len(mine) == int((1 - rate) * n)
+        l1, l2, pure_1, pure_2 = loss_coteaching(y_1, y_2, t, rate, ind, noise_or_not)
+        num_remember = int((1 - rate) * n)
+        assert len(mine) == len(theirs) == num_remember
+        assert torch.allclose(first, l1 * num_remember) and torch.allclose(
+            second, l2 * num_remember)
+        assert noise_or_not[mine.numpy()].mean() == pytest.approx(pure_1)
+        assert noise_or_not[theirs.numpy()].mean() == pytest.approx(pure_2)
     t = torch.zeros(2, dtype=torch.long)  # never an empty selection
     assert len(losses.co_teaching_losses(torch.randn(2, 3), torch.randn(2, 3), t, 0.9)[2]) == 1
 
 
-def test_forget_schedule_ramps_linearly_from_epoch_0():
+def test_forget_schedule_ramps_linearly_from_epoch_0_and_the_authors_lead_by_one_step():
     assert [losses.forget_rate(t, 0.5, 10) for t in (0, 1, 5, 10, 11, 40)] == \
         [0.0, 0.05, 0.25, 0.5, 0.5, 0.5]
     assert losses.forget_rate(0, 0.3, 0) == 0.3
+    tau = 0.5
+    theirs = coteaching_rates(tau, 200, 10, 1)  # their k-th trained epoch, k from 0
+    ours = [losses.forget_rate(k, tau, 10) for k in range(199)]
+    assert theirs[0] == pytest.approx(tau / 9) and ours[0] == 0  # the first trained epoch
+    # their epoch 9 (the 9th trained) forgets tau; our 9th (t = 8) 0.8 tau, tau from t = 10
+    assert theirs[8] == tau and theirs.index(tau) == 8
+    assert ours[8] == pytest.approx(0.8 * tau) and ours.index(tau) == 10
+    assert all(a >= b for a, b in zip(theirs, ours))
+    squared = coteaching_rates(tau, 200, 10, 2)  # --exponent 2 ramps to tau**2, then jumps
+    assert squared[8] == tau ** 2 and squared[9] == tau
+
+
+def test_purifynet_stage_2_outputs_are_the_released_extractors(data_dir, tmp_path):
+    """Stage 2's descriptor and class of every training image against extract_feature_v1 run
+    literally on a real network and the real images through the test transform."""
+    parsed = train_self.parse_args(train_self.build_parser(), args(data_dir, tmp_path))
+    torch.manual_seed(0)
+    net = build_model("resnet18", 8, "none")
+    cpu = torch.device("cpu")
+    numerics = choose_numerics(parsed, cpu)
+    data = load_data(parsed, cpu, numerics, with_train_test_view=True)
+    ours, classes = train_descriptors_and_classes(net, data, cpu, numerics)
+
+    train = load_split(data_dir, "market", "train", eval_transform(parsed.img_size))
+    loader = torch.utils.data.DataLoader(train, batch_size=parsed.batchsize, shuffle=False)
+    model = ReleasedEvalNet(net)
+    model.eval()
+    features, new_label = released_extract_feature_v1(model, loader, net.feat_dim)
+    np.testing.assert_array_equal(classes, new_label.astype(np.int64))
+    np.testing.assert_allclose(ours, features.numpy(), atol=1e-5)
+
+    _, plain = train_descriptors_and_classes(net, data, cpu, numerics, "plain")
+    with torch.no_grad():
+        own = torch.cat([model(img)[0] for img, _, _ in loader]).argmax(1).numpy()
+    np.testing.assert_array_equal(plain, own)
+    assert (plain != classes).any()  # the two views differ here, so the test tells them apart
 
 
 # ---- real training -------------------------------------------------------------------------------
@@ -162,8 +295,9 @@ def test_purifynet_runs_both_stages_in_one_run_and_resumes_mid_stage_2(data_dir,
     seen = {}  # what stage 2 was given and trained on, spied on the uninterrupted run
     original_outputs = RunState.train_outputs
 
-    def train_outputs(self, net):
-        seen["outputs"], seen["noisy"] = original_outputs(self, net), self.labels.noisy_labels
+    def train_outputs(self, net, view):
+        seen["view"], seen["noisy"] = view, self.labels.noisy_labels
+        seen["outputs"] = original_outputs(self, net, view)
         return seen["outputs"]
 
     batches = []
@@ -186,6 +320,7 @@ def test_purifynet_runs_both_stages_in_one_run_and_resumes_mid_stage_2(data_dir,
 
     # stage 2: the network's predicted classes as labels, the released Beta weights
     features, predicted = seen["outputs"]
+    assert seen["view"] == "flipped"  # the released extractor's labels, by default
     assert features.shape[1] == 512 and np.allclose(np.linalg.norm(features, axis=1), 1)
     state = torch.load(Path(whole["run_dir"]) / "last.pt", weights_only=False)
     kept = state["method_state"]
@@ -291,3 +426,92 @@ def stopped_and_resumed_like(whole, main, common, cls, monkeypatch, epoch=1, ste
     assert [h["networks"] for h in resumed["history"]] == \
         [h["networks"] for h in whole["history"]]
     assert resumed["final"] == whole["final"]
+
+
+def test_coteaching_auto_estimates_tau_in_the_ramp_and_resumes_bit_identically(
+        data_dir, tmp_path, monkeypatch):
+    common = args(data_dir, tmp_path, "--method", "coteaching", "--epochs", "3",
+                  "--noise_ratio", "0.5", "--forget_rate", "auto", "--forget_epochs", "2",
+                  "--eval_every", "2")
+    given = []
+    original = losses.estimate_noise_rate
+    monkeypatch.setattr(losses, "estimate_noise_rate",
+                        lambda per_sample: given.append(per_sample) or original(per_sample))
+    whole = train_core.main([*common, "--run_name", "whole"])
+    assert whole["args"]["forget_rate"] == "auto" and len(given) == 2  # epochs 1 and 2
+    history = whole["history"]
+    taus = [original(x)["forget_rate_estimate"] for x in given]
+    assert all(0 <= tau < 1 for tau in taus)
+    for h, tau in zip(history, [None, *taus]):
+        for net in h["networks"]:
+            assert net["forget_rate_estimate"] == tau
+    assert [h["networks"][0]["forget_rate"] for h in history] == [0.0, taus[0] / 2, taus[1]]
+    log = (Path(whole["run_dir"]) / "train.log").read_text()
+    for epoch, tau in enumerate(taus, start=1):
+        assert f"forget rate estimated at epoch {epoch} from the training losses: tau = " \
+               f"{tau:.3f}" in log
+
+    # what it was given: both networks' losses on the annotated labels after epoch 0, averaged
+    first = train_core.main([*common, "--run_name", "split", "--epochs", "1"])
+    state = read_checkpoint(Path(first["run_dir"]) / "last.pt", "x")
+    parsed = train_core.parse_args(train_core.build_parser(), [*common, "--epochs", "1"])
+    cpu = torch.device("cpu")
+    data = load_data(parsed, cpu, choose_numerics(parsed, cpu))
+    noisy = torch.as_tensor(state["noisy_labels"])
+    per_sample = torch.stack([F.cross_entropy(eval_outputs(
+        network_from_checkpoint(state, k), data.train_plain, lambda m, x: m(x), cpu), noisy,
+        reduction="none") for k in range(2)]).mean(dim=0)
+    np.testing.assert_allclose(given[0], per_sample.numpy(), rtol=1e-5, atol=1e-6)
+
+    # resumed after epoch 0 (estimated then), and stopped in epoch 1 (kept in the checkpoint)
+    resumed = train_core.main([*common, "--run_name", "split", "--resume"])
+    stop_at(monkeypatch, methods.CoTeaching, epoch=1, step=3)
+    with pytest.raises(RunInterrupted):
+        train_core.main([*common, "--run_name", "stopped"])
+    monkeypatch.undo()
+    stopped = torch.load(tmp_path / "stopped" / "last.pt", weights_only=False)
+    assert stopped["method_state"]["tau"] == taus[0]
+    again = train_core.main([*common, "--run_name", "stopped", "--resume"])
+    final = torch.load(Path(whole["run_dir"]) / "last.pt", weights_only=False)
+    for run in (resumed, again):
+        same_networks(final, torch.load(Path(run["run_dir"]) / "last.pt", weights_only=False))
+        assert [h["networks"] for h in run["history"]] == [h["networks"] for h in history]
+        assert run["final"] == whole["final"]
+
+
+@pytest.fixture(scope="module")
+def known_noise_data(tmp_path_factory):
+    """A synthetic set of 30 training identities x 12 images, shared by both ratios (and so is
+    the synthetic pretraining, made once in it)."""
+    root = tmp_path_factory.mktemp("auto")
+    download = make_preset(root / "download", "demo", workers=1, num_train_ids=30,
+                           num_test_ids=10, images_per_id=12)
+    prepare(download, root / "market", progress=False)
+    return root
+
+
+@pytest.mark.parametrize("ratio", ["0.2", "0.5"])
+def test_coteaching_auto_estimates_a_known_noise_rate_within_0_1(known_noise_data, ratio):
+    """The paper's regime (a backbone pretrained on other people) on a synthetic set of known
+    noise: the rate estimated at the end of the ramp, and kept for the rest of the run, is
+    within 0.1 of the rate the injection realised. One CPU thread, so the numbers (and the
+    margin: 0.07 and 0.06 when written) are the same on any machine with this torch."""
+    root = known_noise_data
+    spec = pretraining.PretrainingSpec(identities=60, images_per_id=10, test_identities=10,
+                                       epochs=6, milestones=(), batchsize=32)
+    threads = torch.get_num_threads()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(pretraining, "DEFAULT_SPEC", spec)
+            result = train_core.main([
+                "--data_dir", str(root), "--output_dir", str(root / f"res{ratio}"), "--method",
+                "coteaching", "--forget_rate", "auto", "--noise_ratio", ratio, "--arch",
+                "resnet18", "--pretrained", "synthetic", "--img_size", "32", "16",
+                "--batchsize", "16", "--workers", "0", "--threads", "1", "--epochs", "11",
+                "--milestones", "--eval_every", "11"])
+    finally:
+        torch.set_num_threads(threads)
+    last = result["history"][-1]["networks"][0]
+    assert last["forget_rate_estimate"] == last["forget_rate"]  # the ramp is over
+    assert last["forget_rate_estimate"] == pytest.approx(result["realised_noise_rate"],
+                                                         abs=0.1)

@@ -4,6 +4,7 @@ other people and other images than the run's data. A tiny pretraining spec keeps
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 import time
@@ -20,7 +21,8 @@ from datasets.market1501 import DOWNLOAD_FOLDER
 from datasets.synthetic import PRESETS, _plan
 from datasets.synthetic_shapes import SHAPES
 from core_reid.options import parse_args
-from core_reid.pretraining import DEFAULT_SPEC, PretrainingSpec, cache_path, synthetic_backbone
+from core_reid.pretraining import (DEFAULT_SPEC, PretrainingSpec, cache_path, computation,
+                                   file_sha256, synthetic_backbone)
 
 TINY_SPEC = PretrainingSpec(identities=6, images_per_id=6, test_identities=3, epochs=2,
                             milestones=(1,), batchsize=8)
@@ -66,13 +68,69 @@ def test_the_cache_is_made_once_then_reused_fast_and_identical(data_dir, made):
 def test_the_cache_is_keyed_by_architecture_image_size_and_generator(data_dir, made):
     path = Path(made[1]["cache"])
     assert path.name.startswith("resnet18_32x16_")
-    others = [cache_path(data_dir, "resnet34", [32, 16], TINY_SPEC),
-              cache_path(data_dir, "resnet18", [64, 32], TINY_SPEC),
+    by = computation(tiny_args(data_dir))
+    assert cache_path(data_dir, "resnet18", [32, 16], TINY_SPEC, by).resolve() == path
+    others = [cache_path(data_dir, "resnet34", [32, 16], TINY_SPEC, by),
+              cache_path(data_dir, "resnet18", [64, 32], TINY_SPEC, by),
               cache_path(data_dir, "resnet18", [32, 16],
-                         dataclasses.replace(TINY_SPEC, generator_seed=7)),
+                         dataclasses.replace(TINY_SPEC, generator_seed=7), by),
               cache_path(data_dir, "resnet18", [32, 16], dataclasses.replace(TINY_SPEC,
-                                                                             epochs=3))]
+                                                                             epochs=3), by)]
     assert len({p.resolve() for p in others} | {path}) == 5
+
+
+def test_the_cache_is_keyed_by_the_code_torch_and_threads(data_dir, tmp_path, monkeypatch):
+    """Whatever changes the pretraining's bits changes the cache's name: the code it runs (a
+    source file's code, not its comments or docstrings), the torch version, the threads."""
+    def key(*extra):
+        return cache_path(data_dir, "resnet18", [32, 16], TINY_SPEC,
+                          computation(tiny_args(data_dir, *extra)))
+
+    source = tmp_path / "step.py"
+    source.write_text('"""Says why."""\n\ndef step(x):\n    return x + 1  # one more\n')
+    monkeypatch.setattr(pretraining, "PRETRAINING_SOURCES",
+                        (*pretraining.PRETRAINING_SOURCES, str(source)))
+    before = key()
+    source.write_text('"""Says why, in other words."""\n\ndef step(x):\n\n'
+                      '    return x + 1  # a comment\n')
+    assert key() == before  # words and layout alone
+    source.write_text('"""Says why."""\n\ndef step(x):\n    return x + 2  # one more\n')
+    assert key() != before
+    changed = key()
+    threads = torch.get_num_threads()
+    assert key("--threads", str(threads)) == changed  # the default, given
+    assert key("--threads", str(threads + 1)) != changed
+    assert key("--data_path", "loader") != changed  # the arithmetic's path
+    monkeypatch.setattr(torch, "__version__", "0.0.0")
+    assert key() != changed
+    with pytest.raises(FileNotFoundError):  # a listed source that moved fails loudly
+        monkeypatch.setattr(pretraining, "PRETRAINING_SOURCES", ("no_such_module.py",))
+        key()
+
+
+def test_the_cache_checksum_is_recorded_and_a_new_key_says_what_changed(
+        data_dir, made, tmp_path, monkeypatch, capsys):
+    state, record, _ = made
+    path = Path(record["cache"])
+    assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert record["computation"] == json.loads(json.dumps(computation(tiny_args(data_dir))))
+    again = synthetic_backbone(tiny_args(data_dir), engine.train, TINY_SPEC)[1]
+    assert again["reused"] and again["sha256"] == record["sha256"]
+
+    shutil.copytree(data_dir / "synthetic_pretraining", tmp_path / "synthetic_pretraining")
+    (tmp_path / "market").symlink_to(data_dir / "market")
+    source = tmp_path / "step.py"
+    source.write_text("def step(x):\n    return x + 1\n")
+    monkeypatch.setattr(pretraining, "PRETRAINING_SOURCES",
+                        (*pretraining.PRETRAINING_SOURCES, str(source)))
+    capsys.readouterr()
+    remade, other = synthetic_backbone(tiny_args(tmp_path), engine.train, TINY_SPEC)
+    code = record["computation"]["code"]
+    assert (f"note: not reusing {path.name}: it was made with computation.code {code} (now "
+            f"{other['computation']['code']})") in capsys.readouterr().out
+    assert not other["reused"] and Path(other["cache"]).name != path.name
+    assert same_tensors(state, remade)  # the same computation: the same bits
+    assert other["sha256"] == file_sha256(Path(other["cache"])) != record["sha256"]
 
 
 def test_a_damaged_cache_is_made_again(data_dir, made, tmp_path, capsys):
@@ -111,8 +169,16 @@ def test_a_run_from_synthetic_starts_from_the_cached_backbone(data_dir, made, tm
     pretrained = metrics["pretrained"]
     assert pretrained["source"] == "synthetic" and pretrained["reused"]
     assert pretrained["cache"] == record["cache"] and pretrained["generator"]["seed"] == 2022
+    assert pretrained["sha256"] == record["sha256"]
+    assert pretrained["computation"]["threads"] == metrics["numerics"]["threads"]
     log = (Path(result["run_dir"]) / "train.log").read_text()
-    assert f"backbone: synthetic pretraining, {record['cache']} (cached earlier)" in log
+    assert (f"backbone: synthetic pretraining, {record['cache']} (cached earlier), sha256 "
+            f"{record['sha256'][:16]}") in log
+    # a resumed run keeps the block it started with
+    resumed = train_core.main(["--data_dir", str(data_dir), "--output_dir", str(tmp_path),
+                               *TINY, "--pretrained", "synthetic", "--epochs", "3",
+                               "--stage1_epochs", "0", "--resume"])
+    assert resumed["pretrained"] == pretrained
 
 
 def test_the_pretraining_people_and_images_are_not_the_runs(made, synthetic_download):

@@ -289,6 +289,10 @@ def test_a_checkpoint_from_before_the_registry_resumes_exactly(
         assert "lambdas" not in saved["method_state"]
 
     main = (train_core if script == "train_core.py" else train_self).main
+    if method == "purifynet":  # what the code before --stage2_view did, and says it did
+        common += ["--stage2_view", "plain"]
+        with pytest.raises(UserError, match="the run used --stage2_view plain"):
+            main([*common[:-1], "flipped", "--run_name", "old", "--resume"])
     resumed = main([*common, "--run_name", "old", "--resume"])
     whole = main([*common, "--run_name", "whole"])
     a = torch.load(tmp_path / "old" / "last.pt", weights_only=False)

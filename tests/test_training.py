@@ -22,7 +22,7 @@ HISTORY_KEYS = {"epoch", "lr", "loss", "train_acc", "label_precision", "rank1", 
                 "rank10", "mAP", "epoch_time_s"}
 SCORE_KEYS = {"epoch", "rank1", "rank5", "rank10", "mAP"}
 NUMERICS_KEYS = {"mode", "dtype", "tf32", "channels_last", "fused_sgd", "compile", "data_path",
-                 "torch", "torchvision", "cuda", "cudnn", "device_name", "workers"}
+                 "torch", "torchvision", "cuda", "cudnn", "device_name", "workers", "threads"}
 
 
 def args(data_dir, out, *extra):
@@ -108,6 +108,26 @@ def test_a_new_run_never_overwrites_an_earlier_one(data_dir, tmp_path):
     second = train_self.main(args(data_dir, tmp_path, "--epochs", "1"))
     assert Path(second["run_dir"]) == Path(first["run_dir"] + "-2")
     assert (Path(first["run_dir"]) / "last.pt").is_file()
+
+
+def test_threads_are_set_before_any_work_and_recorded(data_dir, tmp_path, monkeypatch):
+    from core_reid import engine
+    default = torch.get_num_threads()
+    plain = train_self.main(args(data_dir, tmp_path, "--epochs", "1"))
+    assert plain["numerics"]["threads"] == default and plain["args"]["threads"] is None
+    n = 1 if default > 1 else 2  # not the default, so that setting it shows
+    seen = []
+    original = engine.load_data
+    monkeypatch.setattr(engine, "load_data", lambda *a, **k: seen.append(
+        torch.get_num_threads()) or original(*a, **k))  # the data is read after they are set
+    try:
+        result = train_self.main(args(data_dir, tmp_path, "--epochs", "1", "--threads", str(n)))
+    finally:
+        torch.set_num_threads(default)  # the process's, for the tests that follow
+    assert seen == [n] and result["numerics"]["threads"] == n
+    metrics = json.loads((Path(result["run_dir"]) / "metrics.json").read_text())
+    assert metrics["numerics"]["threads"] == n and metrics["args"]["threads"] == n
+    assert f", {n} CPU threads, 0 workers" in (Path(result["run_dir"]) / "train.log").read_text()
 
 
 def test_loader_path_trains_too(data_dir, tmp_path):
