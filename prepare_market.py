@@ -6,7 +6,9 @@
     python prepare_market.py --dataset msmt17 --src MSMT17_V1/ --dst ../msmt17
 
 SRC (the download's folder, the folder holding it, or its zip) is only read, never changed. DST
-becomes ``DST/<split>/<pid>/<file>``; the work itself is ``datasets.prepare``.
+becomes DST/{train_all,train,val,query,gallery[,multi-query]}/<pid>/<file>; the work itself is
+datasets.prepare. Safe to rerun: it completes an interrupted run and only verifies a complete
+one.
 """
 from __future__ import annotations
 
@@ -17,16 +19,13 @@ from datasets.prepare import format_summary, prepare
 from core_reid.utils import ArgumentParser, run_cli
 
 
-def main() -> None:
+def build_parser() -> ArgumentParser:
     tops = ", ".join(f"{name}: {' or '.join(layout.top_folder + '/' for layout in info.layouts)}"
                      for name, info in DATASETS.items())
-    parser = ArgumentParser(
-        description="Prepare a Re-ID dataset for training: DST/{train_all,train,val,query,"
-                    "gallery[,multi-query]}/<pid>/<file>. Safe to rerun: it completes an "
-                    "interrupted run and only verifies a complete one.")
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--dataset", default="market", choices=list(DATASETS),
-                        help="which download SRC holds (default market; cuhk03 = CUHK03-NP "
-                             "detected boxes, the paper's; cuhk03_labeled = its labeled boxes)")
+                        help="which download SRC holds (cuhk03 = CUHK03-NP detected boxes, the "
+                             "paper's; cuhk03_labeled = its labeled boxes)")
     parser.add_argument("--src", type=Path, required=True,
                         help=f"the download's folder ({tops}), the folder holding it, or its "
                              ".zip; only read, never changed")
@@ -36,7 +35,11 @@ def main() -> None:
     parser.add_argument("--link", action="store_true",
                         help="hard-link instead of copying (needs the extracted folder, on the "
                              "same filesystem as DST)")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     print(format_summary(prepare(args.src, args.dst, link=args.link, dataset=args.dataset)))
 
 

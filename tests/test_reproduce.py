@@ -123,6 +123,25 @@ def test_missing_runs_are_shown_not_dropped(data_dir, finished_grid, tmp_path):
     assert "(1/2 seeds; 1 missing)" in (out / "results.md").read_text()
 
 
+def test_report_and_status_need_only_the_grid_folder(finished_grid, tmp_path, capsys):
+    """The grid records its own invocation: --report and --status need no other flag than
+    --output_dir, and no training data (here: the data folder the grid names is gone)."""
+    out = tmp_path / "grid"
+    shutil.copytree(finished_grid[0], out)
+    record = json.loads((out / "grid.json").read_text())
+    flags = record["train_flags"]
+    flags[flags.index("--data_dir") + 1] = str(tmp_path / "gone")
+    (out / "grid.json").write_text(json.dumps(record))
+    (out / "results.csv").unlink()
+    capsys.readouterr()
+    reproduce.main(["--status", "--output_dir", str(out)])
+    shown = capsys.readouterr().out
+    assert f"as recorded in {out / 'grid.json'} by: python reproduce.py --datasets market" in shown
+    assert [line.split()[0] for line in shown.splitlines()[1:]] == ["done"] * 5, shown
+    reproduce.main(["--report", "--output_dir", str(out)])
+    assert read_csv(out / "results.csv") == read_csv(finished_grid[0] / "results.csv")
+
+
 def test_sigterm_stops_the_grid_resumably_and_a_rerun_gives_the_same_table(
         data_dir, finished_grid, tmp_path):
     out = tmp_path / "grid"
