@@ -70,6 +70,9 @@ def build_parser() -> ArgumentParser:
     a("--launcher", default="local", choices=["local", "slurm"],
       help="'local': this machine, one run per visible GPU at a time (serially on the CPU); "
       "'slurm': one submitit job per run")
+    a("--jobs", type=int, default=1, help="runs at a time on a machine without a GPU "
+      "(--launcher local); give each run as many threads as cores allow, e.g. --jobs 2 "
+      "--threads 1 on two cores")
     a("--partition", default=None, help="SLURM partition (--launcher slurm; default: the "
       "cluster's default partition)")
     a("--time", type=int, default=1440, help="SLURM time limit per job in minutes (at least 3); "
@@ -107,6 +110,7 @@ def parse(argv: Optional[Sequence[str]]):
     if cli.launcher == "slurm":
         check_time(cli.time)
     check_number("--gpus_per_job", cli.gpus_per_job, cli.gpus_per_job >= 0, ">= 0")
+    check_number("--jobs", cli.jobs, cli.jobs >= 1, ">= 1")
     check_number("--cpus_per_job", cli.cpus_per_job, cli.cpus_per_job >= 1, ">= 1")
     if cli.detach and (cli.launcher != "slurm" or cli.slurm_local):
         raise UserError("--detach needs --launcher slurm (without --slurm_local): only a "
@@ -173,7 +177,7 @@ def launch(cli: argparse.Namespace, runs: list[Run], grid_dir: Path, train_flags
                     ["python", "reproduce.py", *(sys.argv[1:] if argv is None else argv)])
         if cli.launcher == "local":
             prepare_inputs([run for run in runs if run.status()[0] != "done"])
-            return run_local(runs, grid_dir, os.getcwd())
+            return run_local(runs, grid_dir, os.getcwd(), cli.jobs)
         if not cli.slurm_local:
             check_request(cli.partition, cli.time, cli.gpus_per_job, cli.cpus_per_job)
         prepare_inputs([run for run in runs if run.status()[0] != "done"])

@@ -113,6 +113,23 @@ def test_a_second_invocation_trains_nothing(data_dir, finished_grid, capsys):
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints
 
 
+def test_two_cpu_jobs_run_side_by_side_with_the_serial_grids_results(data_dir, finished_grid,
+                                                                     tmp_path, capsys):
+    out = tmp_path / "grid"
+    outcomes = reproduce.main(["--datasets", "market", "--noise", "random:0.5", "--methods",
+                               "baseline", "--seeds", "1", "2", "--jobs", "2", "--output_dir",
+                               str(out), "--data_dir", str(data_dir), *TRAIN])
+    assert sorted(outcomes.values()) == ["done", "done"]
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert [line.split()[0] for line in lines] == ["[start]", "[start]", "[done]", "[done]"]
+    timing = ("epoch_time_s", "images_per_s")
+    history = lambda path: [{k: v for k, v in h.items() if k not in timing}  # noqa: E731
+                            for h in json.loads(path.read_text())["history"]]
+    name = "market_baseline_random0.5_noiseseed1_lr0.01_seed1_resnet18"
+    assert history(out / "runs" / name / "metrics.json") == \
+        history(finished_grid[0] / "runs" / name / "metrics.json")
+
+
 def test_missing_runs_are_shown_not_dropped(data_dir, finished_grid, tmp_path):
     out = tmp_path / "grid"
     shutil.copytree(finished_grid[0], out)

@@ -94,14 +94,15 @@ def blocked_by(run: Run, outcomes: dict[str, str]) -> Optional[str]:
                  (*UNFINISHED, "interrupted")), None)
 
 
-def run_local(runs: Sequence[Run], grid_dir: Path, cwd: str) -> dict[str, str]:
-    """Run what is not done, one run per visible GPU at a time (on the CPU one at a time);
-    SIGTERM/SIGINT stop every running run resumably and end with RunInterrupted."""
+def run_local(runs: Sequence[Run], grid_dir: Path, cwd: str, cpu_jobs: int = 1
+              ) -> dict[str, str]:
+    """Run what is not done, one run per visible GPU at a time (without a GPU, ``cpu_jobs`` at
+    a time); SIGTERM/SIGINT stop every running run resumably and end with RunInterrupted."""
     status = StatusFile(grid_dir / "status.json")
-    slots: list[Optional[str]] = visible_gpus() or [None]
+    slots: list[Optional[str]] = visible_gpus() or [None] * cpu_jobs  # GPU of each slot
     outcomes = {run.name: "done" for run in runs if run.status()[0] == "done"}
     pending = [run for run in runs if run.name not in outcomes]
-    running: dict[Optional[str], tuple[Run, subprocess.Popen, Path]] = {}
+    running: dict[int, tuple[Run, subprocess.Popen, Path]] = {}  # by slot
     stop: list[int] = []
     signalled: set[int] = set()
     previous = {sig: signal.signal(sig, lambda signum, _: stop.append(signum))
@@ -137,16 +138,17 @@ def run_local(runs: Sequence[Run], grid_dir: Path, cwd: str) -> dict[str, str]:
                     status.set(run, "blocked")
                     print(f"[blocked] {run.name}: {blocker} did not finish", flush=True)
                 elif all(outcomes.get(need) == "done" for need in run.needs):
-                    free = next((s for s in slots if s not in running), "busy")
-                    if free == "busy":
+                    free = next((i for i in range(len(slots)) if i not in running), None)
+                    if free is None:
                         break
                     pending.remove(run)
                     log = run_log(grid_dir, run)
                     log.parent.mkdir(parents=True, exist_ok=True)
                     env = dict(os.environ, PYTHONUNBUFFERED="1")
-                    if free is not None:
-                        env["CUDA_VISIBLE_DEVICES"] = free
-                    print(f"[start] {run.name}" + (f" on GPU {free}" if free else ""),
+                    gpu = slots[free]
+                    if gpu is not None:
+                        env["CUDA_VISIBLE_DEVICES"] = gpu
+                    print(f"[start] {run.name}" + (f" on GPU {gpu}" if gpu else ""),
                           flush=True)
                     with open(log, "a") as out:
                         # its own session: a Ctrl-C in the terminal reaches only this
