@@ -49,6 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import reproduce  # noqa: E402
+from methods import METHODS  # noqa: E402
 from core_reid.reproduction.plan import Run, expand, parse_noise  # noqa: E402
 from core_reid.utils import ArgumentParser, UserError, atomic_write_text, run_cli  # noqa: E402
 
@@ -235,9 +236,8 @@ def mean_std(values: Sequence[Optional[float]]) -> str:
 
 def label(rows: Sequence[Row]) -> str:
     """A table row's method name, with its variant."""
-    from core_reid.reproduction.report import METHOD_NAMES
     variant = rows[0].grid.variant
-    return METHOD_NAMES[rows[0].metrics["method"]] + (f" ({variant})" if variant else "")
+    return METHODS[rows[0].metrics["method"]].title + (f" ({variant})" if variant else "")
 
 
 def told(rows: Sequence[Row]) -> str:
@@ -291,8 +291,7 @@ def source(parts: Sequence[Part], out: Path, link: str) -> str:
 
 def ordered_methods(groups: dict[tuple, list[Row]]) -> list[tuple]:
     """Group keys in the order of the registry's methods, each method's variants after it."""
-    from core_reid.reproduction.report import METHOD_NAMES
-    order = list(METHOD_NAMES)
+    order = list(METHODS)
     return sorted(groups, key=lambda k: (order.index(k[0]), k[1]))
 
 
