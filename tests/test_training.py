@@ -264,3 +264,31 @@ def test_sigterm_mid_epoch_saves_a_checkpoint_that_resumes_bit_identically(data_
             assert torch.equal(net_a[key], net_b[key]), key
     assert [h["loss"] for h in whole["history"]] == [h["loss"] for h in resumed["history"]]
     assert whole["final"] == resumed["final"] and b["partial"] is None
+
+
+def test_the_multi_tensor_sgd_update_is_the_single_tensor_loop_bit_for_bit():
+    """make_optimizer's foreach SGD (the CPU's fast update) against torch's plain loop, on the
+    real network with its head at 10x the lr, through momentum, Nesterov and weight decay."""
+    from core_reid.numerics import Numerics
+    from core_reid.run_state import make_optimizer
+    from core_reid.options import build_parser, parse_args
+    from model import build_model
+    args = parse_args(build_parser("train_core.py"), ["--demo"], check=False)
+    numerics = Numerics("released", "float32", False, False, False, False, "loader")
+    torch.manual_seed(0)
+    nets = [build_model("resnet18", 7, "none") for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    fast = make_optimizer(args, nets[0], numerics)
+    plain = torch.optim.SGD(nets[1].param_groups(args.lr), lr=args.lr, momentum=args.momentum,
+                            nesterov=True, weight_decay=args.weight_decay, foreach=False)
+    assert fast.defaults["foreach"] is True
+    for step in range(3):
+        images = torch.randn(6, 3, 32, 16, generator=torch.Generator().manual_seed(step))
+        labels = torch.arange(6) % 7
+        for net, optimizer in zip(nets, (fast, plain)):
+            torch.manual_seed(step)  # the same dropout
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(net(images), labels).backward()
+            optimizer.step()
+    for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values()):
+        assert torch.equal(a, b)
