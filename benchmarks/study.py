@@ -162,11 +162,15 @@ class Row:
         rate = self.metrics["args"].get("forget_rate")
         if rate is None:
             return "no"
-        estimate = self.metrics.get("forget_rate_estimate")
-        if estimate is not None:
-            return f"no: estimated {estimate:.2f}"
+        if rate == "auto":
+            return f"no: estimated {self.estimate:.2f}"
         truth = self.metrics["noise_ratio"]
         return "yes" if rate == truth else f"a wrong rate, {rate:g} (truth {truth:g})"
+
+    @property
+    def estimate(self) -> Optional[float]:
+        """With ``--forget_rate auto``: the noise rate the run estimated and kept."""
+        return self.metrics["history"][-1]["networks"][0].get("forget_rate_estimate")
 
     def value(self, key: str) -> Optional[float]:
         """A final score or network 1's final label diagnostic, in %."""
@@ -242,7 +246,7 @@ def label(rows: Sequence[Row]) -> str:
 
 def told(rows: Sequence[Row]) -> str:
     """What the seeds' runs were told of the noise rate (estimates as mean ± std)."""
-    estimates = [r.metrics.get("forget_rate_estimate") for r in rows]
+    estimates = [r.estimate for r in rows]
     if all(e is not None for e in estimates):
         return f"no: estimated {mean_std([100 * e for e in estimates])} %"
     return rows[0].told
@@ -333,8 +337,8 @@ def tau_block(rows: Sequence[Row]) -> list[str]:
     groups = grouped(rows)
     keys = [k for k in groups if k[0] == "coteaching" and (k[3], k[4]) == ("random", 0.5)
             and groups[k][0].grid.schedule == "demo"]
-    keys.sort(key=lambda k: groups[k][0].metrics["args"]["forget_rate"]
-              if groups[k][0].metrics.get("forget_rate_estimate") is None else 2.0)
+    keys.sort(key=lambda k: (groups[k][0].metrics["args"]["forget_rate"] == "auto",
+                             str(groups[k][0].metrics["args"]["forget_rate"])))
     return markdown_table(
         ["Co-teaching's forget rate τ (truth 0.5)", "rank-1", "mAP", "label precision",
          "noisy memorised"],
