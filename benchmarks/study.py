@@ -20,7 +20,8 @@ The parts (``--parts``):
   tau       Co-teaching at random 50% with the forget rate set 0.2 below and above the truth.
   schedule  baseline, CORE and Co-teaching at random 50% under the earlier demo schedule
             (28 epochs, lr x0.1 at 20 and 25, co-refining from 21) and the released 61-epoch
-            one, beside the default demo schedule of ``main``.
+            one (lr x0.1 at 20 and 50), beside ``main``'s: the demo default, the released
+            proportions at 24 epochs (lr x0.1 at 8 and 20, co-refining from 9).
 
 Writes ``docs/results/<part>.csv`` (one row per run: its scores in %, what it was told, and
 ``command``, the exact command that reproduces that run alone from the repository root) and
@@ -96,6 +97,10 @@ PARTS = {
                                    "random:0.5", "--seeds", *SEEDS, *RELEASED),
              schedule="released 61 epochs")]),
 }
+SCHEDULE_TITLES = {
+    "demo": "demo default (24 epochs, lr ×0.1 at 8 and 20, co-refining from 9)",
+    "earlier demo": "earlier demo (28 epochs, lr ×0.1 at 20 and 25, co-refining from 21)",
+    "released 61 epochs": "released (61 epochs, lr ×0.1 at 20 and 50, co-refining from 21)"}
 MARKER = "<!-- study:{} -->"
 END_MARKER = "<!-- /study:{} -->"
 

@@ -234,7 +234,10 @@ def test_the_demo_grid_plans_on_the_demo_data(tmp_path):
     assert {run.args.data_dir for run in runs} == {"./demo_data"}  # --demo's values apply
     assert {run.args.arch for run in runs} == {"resnet18"}
     assert {run.args.pretrained for run in runs} == {"synthetic"}
-    assert all(run.args.epochs == 28 and run.args.img_size == [32, 16] for run in runs)
+    assert all(run.args.epochs == 24 and run.args.img_size == [32, 16] for run in runs)
+    # the released schedule's proportions: lr x0.1 after a third, co-refining the last 2/3
+    assert {tuple(run.args.milestones) for run in runs} == {(8, 20)}
+    assert next(run for run in runs if run.method == "core").args.stage1_epochs == 8
     cli, train_flags = reproduce.parse(["--demo", "--output_dir", str(tmp_path), "--noise",
                                         "pattern:0.2", "--pretrained", "none"])
     runs = expand(cli.datasets, cli.noise, cli.methods, cli.seeds, train_flags, tmp_path)
@@ -257,5 +260,5 @@ def test_the_five_method_grid_routes_each_methods_own_flags(tmp_path):
         assert ("--forget_epochs" in run.argv) == (method == "coteaching")
         assert ("--stage2_from" in run.argv) == (method == "purifynet")
     assert runs["coteaching"].args.forget_rate == 0.5  # the grid's noise ratio
-    assert runs["purifynet"].args.epochs == 28 and runs["purifynet"].epochs == 56  # 2 stages
-    assert runs["core"].epochs == 28
+    assert runs["purifynet"].args.epochs == 24 and runs["purifynet"].epochs == 48  # 2 stages
+    assert runs["core"].epochs == 24
