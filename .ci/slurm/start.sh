@@ -59,7 +59,7 @@ mysql -e "CREATE DATABASE IF NOT EXISTS corereid_acct_db;
 install -d -o slurm -g slurm "$STATE/slurmctld" "$RUN" "$LOGS"
 install -d "$STATE/slurmd" /etc/slurm
 umask 077
-cat > /etc/slurm/slurmdbd.conf <<CONF
+cat > "$STATE/slurmdbd.conf" <<CONF
 AuthType=auth/munge
 DbdHost=localhost
 SlurmUser=slurm
@@ -71,7 +71,6 @@ StorageUser=corereid
 StoragePass=corereid
 StorageLoc=corereid_acct_db
 CONF
-chown slurm:slurm /etc/slurm/slurmdbd.conf
 umask 022
 NODE=$(hostname)
 # cred_expire: a requeued job waits this long before it starts again (default 120 s).
@@ -113,15 +112,25 @@ PartitionName=high Nodes=$NODE MaxTime=INFINITE State=UP PriorityTier=2 PreemptM
 PartitionName=short Nodes=$NODE MaxTime=1 State=UP PriorityTier=1
 CONF
 rm -f /etc/slurm/cgroup.conf
-if ! cmp -s "$STATE/slurm.conf" /etc/slurm/slurm.conf; then  # a new configuration: restart
+stop() {  # stop one of our daemons (its configuration changed, or it does not serve)
+    if running "$1"; then
+        kill "$(cat "$PIDS/$1")"
+        wait_for 30 sh -c "! kill -0 $(cat "$PIDS/$1")"
+        rm -f "$PIDS/$1"
+    fi
+}
+if ! cmp -s "$STATE/slurmdbd.conf" /etc/slurm/slurmdbd.conf; then  # a daemon reads it at start
+    install -m 600 -o slurm -g slurm "$STATE/slurmdbd.conf" /etc/slurm/slurmdbd.conf
+    stop slurmd; stop slurmctld; stop slurmdbd
+fi
+if ! cmp -s "$STATE/slurm.conf" /etc/slurm/slurm.conf; then
     cp "$STATE/slurm.conf" /etc/slurm/slurm.conf
-    for daemon in slurmd slurmctld; do
-        if running "$daemon"; then
-            kill "$(cat "$PIDS/$daemon")"
-            wait_for 30 sh -c "! kill -0 $(cat "$PIDS/$daemon")"
-            rm -f "$PIDS/$daemon"
-        fi
-    done
+    stop slurmd; stop slurmctld
+fi
+# a slurmdbd that cannot reach its database (e.g. started before its password was set) retries
+# for ever: start it again
+if running slurmdbd && ! wait_for 10 sacctmgr -n list cluster 2>/dev/null; then
+    stop slurmd; stop slurmctld; stop slurmdbd
 fi
 
 for daemon in slurmdbd slurmctld slurmd; do
