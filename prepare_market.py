@@ -1,4 +1,5 @@
-"""Turn a Re-ID download into the folder layout the training scripts read.
+"""Turn a Re-ID download, or your own images (--dataset custom), into the folder layout the
+training scripts read.
 
     python prepare_market.py --src Market-1501-v15.09.15.zip --dst ../market
     python prepare_market.py --dataset duke --src DukeMTMC-reID.zip --dst ../duke
@@ -8,8 +9,9 @@
 
 SRC (the download's folder, the folder holding it, or its zip; for --dataset custom a manifest
 .csv or a folder laid out as <split>/<pid>/<camid>_<name>.jpg) is only read, never changed. DST
-becomes ``DST/<split>/<pid>/<file>``; the work itself is ``datasets.prepare`` (an own dataset:
-``datasets.custom``, whose DST's name is the dataset's name for training).
+becomes DST/{train_all,train,val,query,gallery[,multi-query]}/<pid>/<file>; the work itself is
+datasets.prepare (an own dataset: datasets.custom, and DST's name is the dataset's name for
+training). Safe to rerun: it completes an interrupted run and only verifies a complete one.
 """
 from __future__ import annotations
 
@@ -21,17 +23,14 @@ from datasets.prepare import format_summary, prepare
 from core_reid.utils import ArgumentParser, run_cli
 
 
-def main() -> None:
+def build_parser() -> ArgumentParser:
     tops = ", ".join(f"{name}: {' or '.join(layout.top_folder + '/' for layout in info.layouts)}"
                      for name, info in DATASETS.items())
-    parser = ArgumentParser(
-        description="Prepare a Re-ID dataset for training: DST/{train_all,train,val,query,"
-                    "gallery[,multi-query]}/<pid>/<file>. Safe to rerun: it completes an "
-                    "interrupted run and only verifies a complete one.")
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--dataset", default="market", choices=[*DATASETS, CUSTOM],
-                        help="which download SRC holds (default market; cuhk03 = CUHK03-NP "
-                             "detected boxes, the paper's; cuhk03_labeled = its labeled boxes; "
-                             "custom = your own data: see docs/own_data.md)")
+                        help="which download SRC holds (cuhk03 = CUHK03-NP detected boxes, the "
+                             "paper's; cuhk03_labeled = its labeled boxes; custom = your own "
+                             "data: see docs/own_data.md)")
     parser.add_argument("--src", type=Path, required=True,
                         help=f"the download's folder ({tops}), the folder holding it, or its "
                              ".zip; with --dataset custom a manifest .csv (path,pid,camid,split) "
@@ -45,7 +44,11 @@ def main() -> None:
     parser.add_argument("--link", action="store_true",
                         help="hard-link instead of copying (needs the extracted folder, on the "
                              "same filesystem as DST)")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.dataset == CUSTOM:
         summary = prepare_custom(args.src, args.dst, link=args.link)
     else:

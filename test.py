@@ -26,8 +26,7 @@ from core_reid.utils import ArgumentParser, UserError, check_number, check_writa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     a = parser.add_argument
     a("--checkpoint", required=True, help="a run's best.pt or last.pt")
     a("--network", default="1", choices=NETWORKS, help="which network to score: 1, 2 (CORE) "
@@ -58,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
       "suspects.png, also in TensorBoard); see docs/audit.md")
     a("--suspects", type=int, default=24, help="--audit: suspects shown in suspects.png")
     a("--device", default="auto", choices=["auto", "cuda", "cpu"], help="where to extract")
-    a("--gpu", type=int, default=None, help="CUDA device index")
+    a("--gpu", type=int, default=None, help="CUDA device index (default: the current one)")
     a("--workers", type=int, default=None, help="processes decoding images (default: the "
       "run's)")
     return parser

@@ -5,7 +5,8 @@
 (b) ``--numerics fast``: images decoded once and held in device memory, augmentation on the
     device, and on CUDA bf16 autocast + TF32 + channels_last + fused SGD.
 For each it reports the data path alone (one epoch of decoded, augmented batches), training
-images/s and seconds per epoch per method, and feature extraction + scoring of the test set.
+images/s, seconds per epoch and (on CUDA) peak GPU memory per method, and feature extraction +
+scoring of the test set (with its forward images/s: each image and its mirror).
 
     python benchmarks/bench_train.py --device cuda                 # Market-sized, ResNet-50
     python benchmarks/bench_train.py --device cpu                  # scaled down, minutes
@@ -16,7 +17,6 @@ the epoch's number of batches (--steps 0: a whole epoch).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -112,8 +112,7 @@ def time_training(args, method_name: str, data, device, numerics, steps: int,
 
 
 def main() -> None:
-    parser = ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         choices=["cuda", "cpu"], help="where to run")
     parser.add_argument("--data_dir", default=None, help="a prepared dataset's parent folder "
@@ -131,7 +130,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="DataLoader / decoding processes, the same for both pipelines")
     parser.add_argument("--steps", type=int, default=None, help="timed training steps per "
-                        "method (0: a whole epoch; default 0 on CUDA, 10 on the CPU)")
+                        "method (0: a whole epoch; default: 0 on CUDA, 10 on the CPU)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--methods", nargs="+", default=["baseline", "self", "core"],
                         choices=["baseline", "self", "core"], help="methods to time")
@@ -170,9 +169,13 @@ def main() -> None:
         print(f"[{mode}] setup {setup_s:.1f}s, data path {row['data_img_s']:.0f} img/s",
               flush=True)
         for method in bench.methods:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             rate = time_training(args, method, data, device, numerics, steps, bench.warmup)
             row[method] = rate
-            print(f"[{mode}] {method}: {rate:.0f} img/s, {n_train / rate:.1f} s/epoch",
+            peak = (f", peak {torch.cuda.max_memory_allocated(device) / 1e9:.2f} GB"
+                    if device.type == "cuda" else "")
+            print(f"[{mode}] {method}: {rate:.0f} img/s, {n_train / rate:.1f} s/epoch{peak}",
                   flush=True)
         tic = time.time()
         net = build_peers(args, METHODS["baseline"](args), data.num_classes, device,
@@ -181,6 +184,9 @@ def main() -> None:
                      numerics.channels_last)
         sync(device)
         row["test_s"] = time.time() - tic
+        extracted = 2 * (len(data.query) + len(data.gallery))  # images and their mirrors
+        print(f"[{mode}] test: {row['test_s']:.1f} s, {extracted / row['test_s']:.0f} forward "
+              "img/s (scoring included)", flush=True)
         rows[mode] = row
         del data
 

@@ -27,6 +27,7 @@ from eval_utils import score, test_features
 from methods import METHODS, Method, Peer
 from model import build_model
 from core_reid.audit import refined_labels
+from core_reid.fast_path import check_fast_path
 from core_reid.numerics import (Numerics, apply_tf32, choose_numerics, describe_environment,
                       numerics_record, pick_device, set_threads)
 from core_reid.pictures import label_correction_picture, sampled_ranked_list
@@ -226,6 +227,7 @@ def train(args: argparse.Namespace, method_name: str) -> dict:
         data = load_data(args, device, numerics, method.uses_train_test_view)
         numerics = dataclasses.replace(numerics, data_path=data.data_path)
         apply_tf32(numerics, device)
+        numerics, data = check_fast_path(args, method, data, numerics, device, weights)
 
         # The noisy labels: drawn once, then carried by the checkpoints.
         labels = (checkpoint_labels(state, noise_meta(args)) if state is not None

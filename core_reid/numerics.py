@@ -5,7 +5,9 @@
 CUDA, bf16 autocast, TF32, channels_last and fused SGD, and uses the image cache; each only
 where the installed torch and the device support it (requirements admit torch 2.1), and each
 also switchable on its own (``--amp``, ``--channels_last``, ``--data_path``, ``--compile``).
-What was chosen is printed and recorded in ``metrics.json`` (``numerics``).
+What was chosen is printed and recorded in ``metrics.json`` (``numerics``), with each fast
+setting that failed its check before training and was turned off (``fallbacks``, see
+core_reid/fast_path.py).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import Any, Optional
 import torch
 import torchvision
 
-from core_reid.utils import UserError
+from core_reid.utils import UserError, first_line
 
 
 def pick_device(args: argparse.Namespace) -> torch.device:
@@ -28,7 +30,10 @@ def pick_device(args: argparse.Namespace) -> torch.device:
             print("note: no CUDA device found; running on the CPU (slow for ResNet-50)")
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise UserError("--device cuda: PyTorch sees no CUDA device; use --device cpu")
+        raise UserError(f"--device cuda: PyTorch {torch.__version__} sees no CUDA device (built "
+                        f"for CUDA {torch.version.cuda or 'none: a CPU-only build'}); install "
+                        "the build that matches the NVIDIA driver (README, On a GPU), or use "
+                        "--device cpu")
     return torch.device(f"cuda:{args.gpu}" if args.gpu is not None else "cuda")
 
 
@@ -45,6 +50,21 @@ def bf16_available(device: torch.device) -> bool:
 
 
 @dataclass(frozen=True)
+class Fallback:
+    """A fast setting that failed its check and was turned off for the run."""
+    setting: str   # e.g. "bf16 autocast"
+    instead: str   # what the run uses instead (the released setting)
+    reason: str    # what the check saw
+
+    @classmethod
+    def of_error(cls, setting: str, instead: str, err: Exception) -> Fallback:
+        return cls(setting, instead, f"{type(err).__name__}: {first_line(err)}")
+
+    def line(self) -> str:
+        return f"fallback: {self.setting} failed ({self.reason}); using {self.instead}"
+
+
+@dataclass(frozen=True)
 class Numerics:
     """The arithmetic of one run, as recorded in metrics.json."""
     mode: str            # --numerics: "fast" or "released"
@@ -54,6 +74,7 @@ class Numerics:
     fused_sgd: bool
     compile: bool
     data_path: str       # "cache" or "loader" ("auto" until the data is loaded)
+    fallbacks: tuple[Fallback, ...] = ()  # fast settings turned off by their check
 
     @property
     def amp(self) -> bool:
@@ -64,12 +85,13 @@ class Numerics:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def describe(self) -> str:
+        fell_back = ", ".join(f.setting for f in self.fallbacks)
         return (f"numerics {self.mode}: {self.dtype}{' autocast' if self.amp else ''}, TF32 "
                 f"{'on' if self.tf32 else 'off'}, "
                 f"{'channels_last' if self.channels_last else 'default memory format'}, "
                 f"{'fused' if self.fused_sgd else 'plain'} SGD, "
                 f"{'torch.compile' if self.compile else 'no compile'}, data path "
-                f"{self.data_path}")
+                f"{self.data_path}" + (f"; fell back from: {fell_back}" if fell_back else ""))
 
 
 def choose_numerics(args: argparse.Namespace, device: torch.device) -> Numerics:

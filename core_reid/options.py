@@ -83,7 +83,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     # running
     a("--device", default="auto", choices=["auto", "cuda", "cpu"], help="where to train")
     a("--gpu", type=int, default=None, help="CUDA device index to use (the released code's "
-      "flag)")
+      "flag; default: the current CUDA device)")
     a("--workers", type=int, default=4, help="processes decoding images")
     a("--threads", type=int, default=None, metavar="N",
       help="CPU threads torch computes with (torch.set_num_threads), set before any work; "
@@ -114,7 +114,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
       "noise seed, lr and seed)")
     a("--resume", nargs="?", const="auto", default=None,
       help="continue a run: 'auto' (or no value) = the last checkpoint in the run folder, or "
-      "the path of a checkpoint")
+      "the path of a checkpoint (default: a new run)")
     a("--demo", action="store_true", help="the built-in demo: synthetic Market-shaped data "
       "(generated once), 20%% random noise, small network, minutes on a CPU")
 
@@ -136,8 +136,7 @@ def add_method_args(parser: argparse.ArgumentParser, script: str) -> None:
 def build_parser(script: str, description: Optional[str] = None) -> argparse.ArgumentParser:
     """The whole parser of ``script`` (train_self.py or train_core.py): its own flags, then the
     shared ones."""
-    parser = ArgumentParser(description=description,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=description)
     add_method_args(parser, script)
     add_common_args(parser)
     return parser

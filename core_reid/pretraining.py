@@ -67,6 +67,7 @@ PRETRAINING_SOURCES = (
     # inner run's flags and defaults, and the spec
     "model.py", "losses.py", "methods/__init__.py", "methods/base.py", "methods/baseline.py",
     "core_reid/engine.py", "core_reid/run_state.py", "core_reid/runs.py",
+    "core_reid/fast_path.py",
     "core_reid/numerics.py", "core_reid/options.py", "core_reid/pretraining.py",
     # the test scores the record keeps
     "eval_utils.py", "eval_lib/__init__.py", "eval_lib/_eval_cy.pyx",

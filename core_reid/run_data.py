@@ -29,7 +29,7 @@ from datasets.pipeline import (CachedBatches, LoaderBatches, cache_fits, centre_
                                train_transform)
 from datasets.split_labels import read_split_labels
 from eval_utils import EvalSet, eval_outputs, pool5_descriptor, scoring_identities
-from core_reid.numerics import Numerics
+from core_reid.numerics import Fallback, Numerics
 from core_reid.runs import network_from_checkpoint, read_checkpoint
 from core_reid.utils import UserError
 
@@ -47,6 +47,7 @@ class RunData:
     query: EvalSet
     gallery: EvalSet
     data_path: str  # "cache" or "loader"
+    fallbacks: tuple[Fallback, ...] = ()  # a failed memory query (the cache's fit)
 
 
 def prepare_synthetic_data(data_dir: Path, workers: int, **spec: Any) -> None:
@@ -77,14 +78,25 @@ def _test_splits(args: argparse.Namespace) -> tuple[ReIDFolder, ReIDFolder]:
 
 
 def _use_cache(numerics: Numerics, device: torch.device, train_images: int,
-               train_hw: tuple[int, int], test_images: int, test_hw: tuple[int, int]) -> bool:
-    """The image cache, unless ``numerics.data_path`` says otherwise or it does not fit."""
+               train_hw: tuple[int, int], test_images: int, test_hw: tuple[int, int]
+               ) -> tuple[bool, tuple[Fallback, ...]]:
+    """The image cache, unless ``numerics.data_path`` says otherwise or it does not fit; and
+    the fallback, when the memory query itself fails (then the released path: a run that
+    cannot ask must not gamble on device memory)."""
+    if numerics.data_path != "auto":
+        return numerics.data_path == "cache", ()
     test_bytes = test_images * test_hw[0] * test_hw[1] * 3
-    use_cache = numerics.data_path == "cache" or (
-        numerics.data_path == "auto" and cache_fits(train_images, train_hw, device, test_bytes))
-    if numerics.data_path == "auto" and not use_cache:
+    try:
+        fits = cache_fits(train_images, train_hw, device, test_bytes)
+    except Exception as err:  # whatever the driver or the build raises
+        query = "torch.cuda.mem_get_info" if device.type == "cuda" else "free host memory"
+        fallback = Fallback.of_error(f"the memory query ({query})",
+                                     "the PIL/DataLoader path (as --data_path loader)", err)
+        print(fallback.line(), flush=True)
+        return False, (fallback,)
+    if not fits:
         print("note: the image cache does not fit in memory; using the PIL/DataLoader path")
-    return use_cache
+    return fits, ()
 
 
 class _Views:
@@ -128,8 +140,8 @@ def load_eval_sets(args: argparse.Namespace, device: torch.device,
     """Query and gallery alone (what testing a saved network needs)."""
     query, gallery = _test_splits(args)
     crop = tuple(args.img_size)
-    views = _Views(args, device, _use_cache(numerics, device, 0, crop,
-                                            len(query) + len(gallery), crop))
+    use_cache, _ = _use_cache(numerics, device, 0, crop, len(query) + len(gallery), crop)
+    views = _Views(args, device, use_cache)
     return views.test_set(query), views.test_set(gallery)
 
 
@@ -144,8 +156,9 @@ def load_data(args: argparse.Namespace, device: torch.device, numerics: Numerics
     crop = tuple(args.img_size)
     augment = args.train_transform == "augment"
     train_hw = resize_hw(crop) if augment else crop
-    views = _Views(args, device, _use_cache(numerics, device, len(train), train_hw,
-                                            len(query) + len(gallery), crop))
+    use_cache, fallbacks = _use_cache(numerics, device, len(train), train_hw,
+                                      len(query) + len(gallery), crop)
+    views = _Views(args, device, use_cache)
     if views.use_cache:  # one copy of the training images serves both views
         images = views.cached(train, train_hw)
         train_batches = CachedBatches(images, args.batchsize, crop, augment, shuffle=True)
@@ -164,7 +177,7 @@ def load_data(args: argparse.Namespace, device: torch.device, numerics: Numerics
 
     return RunData(train_batches, train_plain, train_test_view, train.targets.astype(np.int64),
                    train.num_classes, list(train.paths), views.test_set(query),
-                   views.test_set(gallery), "cache" if views.use_cache else "loader")
+                   views.test_set(gallery), "cache" if views.use_cache else "loader", fallbacks)
 
 
 def load_training_view(args: argparse.Namespace, device: torch.device,

@@ -21,10 +21,13 @@ from core_reid.runs import read_checkpoint
 
 def make_optimizer(args: argparse.Namespace, net: torch.nn.Module,
                    numerics: Numerics) -> torch.optim.Optimizer:
-    """The released SGD: Nesterov momentum, weight decay, the new head at 10x the lr."""
+    """The released SGD: Nesterov momentum, weight decay, the new head at 10x the lr. Fused
+    where the numerics say so; otherwise the multi-tensor ("foreach") update, which is CUDA's
+    default and computes the same elementwise operations as the single-tensor loop, bit for bit
+    (tested), at about half its cost on the CPU, where torch would pick the loop."""
     return torch.optim.SGD(net.param_groups(args.lr), lr=args.lr, momentum=args.momentum,
                            nesterov=True, weight_decay=args.weight_decay,
-                           **({"fused": True} if numerics.fused_sgd else {}))
+                           **({"fused": True} if numerics.fused_sgd else {"foreach": True}))
 
 
 @dataclass

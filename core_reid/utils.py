@@ -24,9 +24,40 @@ class UserError(Exception):
     """
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help that ends each flag's help with its default (or says the flag is required), unless
+    the help already says ``default:``; the description keeps its own line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.default is argparse.SUPPRESS or \
+                "default:" in text:
+            return text
+        if action.required:
+            return f"{text} (required)"
+        return f"{text} (default: {shown_default(action.default)})"
+
+
+def shown_default(value: Any) -> str:
+    """A default as a user types it (``20 50``, ``off``), escaped for argparse's %-formatting."""
+    if value is None:
+        text = "none"
+    elif isinstance(value, bool):
+        text = "on" if value else "off"
+    elif isinstance(value, (list, tuple)):
+        text = " ".join(map(str, value)) or "none"
+    else:
+        text = str(value)
+    return text.replace("%", "%%")
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors (unknown flag, bad number, invalid choice) are one UserError line
-    instead of a usage block."""
+    instead of a usage block, and whose --help shows every flag's default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UserError(f"{message} (see {self.prog} --help)")

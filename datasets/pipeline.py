@@ -138,14 +138,21 @@ class CachedBatches:
         top = torch.randint(0, full_h - h + 1, (n,), generator=g, device=device)
         left = torch.randint(0, full_w - w + 1, (n,), generator=g, device=device)
         flip = torch.rand(n, generator=g, device=device) < 0.5
-        rows_base = torch.arange(h, device=device)
-        cols_base = torch.arange(w, device=device)
         for start in range(0, n, self.batch_size):
             index = order[start:start + self.batch_size]
-            rows = top[index, None] + rows_base  # B x h
-            cols = left[index, None] + torch.where(flip[index, None], w - 1 - cols_base, cols_base)
-            crops = self.images[index[:, None, None], rows[:, :, None], cols[:, None, :]]
-            yield self.normalise(crops), index
+            yield self.augmented(index, top[index], left[index], flip[index]), index
+
+    def augmented(self, index: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
+                  flip: torch.Tensor) -> torch.Tensor:
+        """Images ``index`` cropped at (``top``, ``left``), mirrored where ``flip``, normalised:
+        one gather on the device."""
+        h, w = self.crop_hw
+        rows_base = torch.arange(h, device=index.device)
+        cols_base = torch.arange(w, device=index.device)
+        rows = top[:, None] + rows_base  # B x h
+        cols = left[:, None] + torch.where(flip[:, None], w - 1 - cols_base, cols_base)
+        return self.normalise(self.images[index[:, None, None], rows[:, :, None],
+                                          cols[:, None, :]])
 
 
 def _decode_resized(args: tuple[str, int, int]) -> np.ndarray:

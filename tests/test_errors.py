@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -230,8 +231,24 @@ def test_argparse_errors_are_one_line_from_the_shell(tmp_path):
         assert_one_line(proc.returncode, proc.stderr, message)
 
 
+def test_device_cuda_without_a_cuda_device_is_one_line_not_a_cpu_run(tmp_path):
+    """--device cuda where PyTorch sees no GPU (none visible here, whatever the machine): one
+    line naming the build, before any data is made."""
+    proc = subprocess.run([sys.executable, "train_self.py", "--demo", "--device", "cuda",
+                           "--data_dir", str(tmp_path / "demo"), "--output_dir",
+                           str(tmp_path / "res")], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert_one_line(proc.returncode, proc.stderr, f"--device cuda: PyTorch {torch.__version__} "
+                    "sees no CUDA device")
+    assert "install the build that matches the NVIDIA driver" in proc.stderr
+    assert not (tmp_path / "demo").exists() and not (tmp_path / "res").exists()
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--time", "0"], "--time 0: must be >= 1 (minutes)"),
+    (["--launcher", "slurm", "--time", "2"], "--time 2: must be >= 3 (minutes) with --launcher "
+     "slurm"),
+    (["--max_timeouts", "-1"], "--max_timeouts -1: must be >= 0"),
     (["--gpus_per_job", "-1"], "--gpus_per_job -1: must be >= 0"),
     (["--cpus_per_job", "0"], "--cpus_per_job 0: must be >= 1"),
     (["--noise", "random:1.5"], "--noise random:1.5: ratio '1.5' must be a number in (0, 1)"),

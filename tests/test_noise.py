@@ -16,8 +16,9 @@ from core_reid.utils import UserError
 
 
 def reference_noise(labels, ratio, num_classes, seed, relabel):
-    """DESIGN.md's reference algorithm, written as literally as possible on the global
-    generator; ``relabel(c, i)`` is the new label of chosen sample i of class c."""
+    """The released code's algorithm (docs/training.md, Label noise), written as literally as
+    possible on the global generator; ``relabel(c, i)`` is the new label of chosen sample i of
+    class c."""
     random.seed(seed)
     new = list(labels)
     for c in range(num_classes):

@@ -113,6 +113,23 @@ def test_a_second_invocation_trains_nothing(data_dir, finished_grid, capsys):
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints
 
 
+def test_two_cpu_jobs_run_side_by_side_with_the_serial_grids_results(data_dir, finished_grid,
+                                                                     tmp_path, capsys):
+    out = tmp_path / "grid"
+    outcomes = reproduce.main(["--datasets", "market", "--noise", "random:0.5", "--methods",
+                               "baseline", "--seeds", "1", "2", "--jobs", "2", "--output_dir",
+                               str(out), "--data_dir", str(data_dir), *TRAIN])
+    assert sorted(outcomes.values()) == ["done", "done"]
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert [line.split()[0] for line in lines] == ["[start]", "[start]", "[done]", "[done]"]
+    timing = ("epoch_time_s", "images_per_s")
+    history = lambda path: [{k: v for k, v in h.items() if k not in timing}  # noqa: E731
+                            for h in json.loads(path.read_text())["history"]]
+    name = "market_baseline_random0.5_noiseseed1_lr0.01_seed1_resnet18"
+    assert history(out / "runs" / name / "metrics.json") == \
+        history(finished_grid[0] / "runs" / name / "metrics.json")
+
+
 def test_missing_runs_are_shown_not_dropped(data_dir, finished_grid, tmp_path):
     out = tmp_path / "grid"
     shutil.copytree(finished_grid[0], out)
@@ -121,6 +138,25 @@ def test_missing_runs_are_shown_not_dropped(data_dir, finished_grid, tmp_path):
     assert {(r["seeds_done"], r["seeds_expected"], r["missing"]) for r in rows} == {
         ("1", "2", "1 missing")}
     assert "(1/2 seeds; 1 missing)" in (out / "results.md").read_text()
+
+
+def test_report_and_status_need_only_the_grid_folder(finished_grid, tmp_path, capsys):
+    """The grid records its own invocation: --report and --status need no other flag than
+    --output_dir, and no training data (here: the data folder the grid names is gone)."""
+    out = tmp_path / "grid"
+    shutil.copytree(finished_grid[0], out)
+    record = json.loads((out / "grid.json").read_text())
+    flags = record["train_flags"]
+    flags[flags.index("--data_dir") + 1] = str(tmp_path / "gone")
+    (out / "grid.json").write_text(json.dumps(record))
+    (out / "results.csv").unlink()
+    capsys.readouterr()
+    reproduce.main(["--status", "--output_dir", str(out)])
+    shown = capsys.readouterr().out
+    assert f"as recorded in {out / 'grid.json'} by: python reproduce.py --datasets market" in shown
+    assert [line.split()[0] for line in shown.splitlines()[1:]] == ["done"] * 5, shown
+    reproduce.main(["--report", "--output_dir", str(out)])
+    assert read_csv(out / "results.csv") == read_csv(finished_grid[0] / "results.csv")
 
 
 def test_sigterm_stops_the_grid_resumably_and_a_rerun_gives_the_same_table(
@@ -198,7 +234,10 @@ def test_the_demo_grid_plans_on_the_demo_data(tmp_path):
     assert {run.args.data_dir for run in runs} == {"./demo_data"}  # --demo's values apply
     assert {run.args.arch for run in runs} == {"resnet18"}
     assert {run.args.pretrained for run in runs} == {"synthetic"}
-    assert all(run.args.epochs == 28 and run.args.img_size == [32, 16] for run in runs)
+    assert all(run.args.epochs == 24 and run.args.img_size == [32, 16] for run in runs)
+    # the released schedule's proportions: lr x0.1 after a third, co-refining the last 2/3
+    assert {tuple(run.args.milestones) for run in runs} == {(8, 20)}
+    assert next(run for run in runs if run.method == "core").args.stage1_epochs == 8
     cli, train_flags = reproduce.parse(["--demo", "--output_dir", str(tmp_path), "--noise",
                                         "pattern:0.2", "--pretrained", "none"])
     runs = expand(cli.datasets, cli.noise, cli.methods, cli.seeds, train_flags, tmp_path)
@@ -221,5 +260,5 @@ def test_the_five_method_grid_routes_each_methods_own_flags(tmp_path):
         assert ("--forget_epochs" in run.argv) == (method == "coteaching")
         assert ("--stage2_from" in run.argv) == (method == "purifynet")
     assert runs["coteaching"].args.forget_rate == 0.5  # the grid's noise ratio
-    assert runs["purifynet"].args.epochs == 28 and runs["purifynet"].epochs == 56  # 2 stages
-    assert runs["core"].epochs == 28
+    assert runs["purifynet"].args.epochs == 24 and runs["purifynet"].epochs == 48  # 2 stages
+    assert runs["core"].epochs == 24

@@ -220,11 +220,38 @@ def test_a_job_that_can_never_start_is_reported_and_cancelled_is_not_failed(
     assert not squeue("%i")
 
 
+def test_a_run_that_reaches_its_time_limit_too_often_says_so_and_how_to_continue(
+        cluster, data_dir, tmp_path):
+    """--time 3 with no requeue allowed (--max_timeouts 0): SLURM's warning before the time
+    limit stops the training, which saves; the job is not requeued and ends FAILED. The
+    launcher names the cause, where the run stands and the command that continues it; --status
+    says the same; the runs that need it would be blocked (exit 1)."""
+    out = tmp_path / "grid"
+    argv = grid(data_dir, out, "random:0.5", "--time", "3", "--max_timeouts", "0",
+                "--epochs", "100000", "--eval_every", "100000")  # far longer than 3 minutes
+    done = reproduce(tmp_path, *argv)
+    assert done.returncode == 1, done.stdout + done.stderr
+    (name, job), = job_ids(done.stdout).items()
+    line, = [line for line in done.stdout.splitlines() if line.startswith("[timed-out]")]
+    assert line.startswith(f"[timed-out] {name} (job {job}): reached its time limit 1 time "
+                           "(saved at "), line
+    assert f"continue it with: python reproduce.py {' '.join(argv)} (add --max_timeouts" in line
+    assert "not finished: 1 timed-out" in done.stdout and "Traceback" not in done.stderr
+    run_dir = out / "runs" / name
+    assert (run_dir / "last.pt").is_file() and "stopped by SIGTERM" in (
+        run_dir / "train.log").read_text()
+    shown = reproduce(tmp_path, "--status", "--output_dir", str(out)).stdout
+    assert f"timed-out    {name} (job {job}: reached its time limit 1 time" in shown, shown
+
+
 def test_slurm_unreachable_absent_or_refusing_is_one_line_before_any_work(
         cluster, tmp_path):
     """A partition or GPUs the cluster does not have, a controller that does not answer, no
     SLURM at all: one line, exit 2, before the demo's data or pretraining are made."""
     demo = ["--demo", "--output_dir", "grid", "--launcher", "slurm", "--cpus_per_job", "1"]
+    for short in ("1", "2"):  # SLURM's warning before the time limit would come at the start
+        one_error_line(reproduce(tmp_path, *demo, "--gpus_per_job", "0", "--time", short),
+                       f"--time {short}: must be >= 3 (minutes)")
     one_error_line(reproduce(tmp_path, *demo, "--gpus_per_job", "0", "--partition", "nope"),
                    "invalid partition")
     one_error_line(reproduce(tmp_path, *demo, "--gpus_per_job", "1"), "--gpus_per_job 1")

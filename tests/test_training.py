@@ -169,15 +169,36 @@ def test_missing_data_is_one_clear_line(tmp_path):
     assert code == 2 and "prepare_market.py" in err and "Traceback" not in err
 
 
-def test_offline_imagenet_weights_name_the_way_out(data_dir, tmp_path):
+def train_offline_from_imagenet(data_dir, tmp_path) -> subprocess.CompletedProcess:
+    """One epoch with --pretrained imagenet, TORCH_HOME in tmp_path/th, no way to download."""
     env_args = args(data_dir, tmp_path, "--epochs", "1")
     env_args[env_args.index("--pretrained") + 1] = "imagenet"
-    proc = subprocess.run([sys.executable, "train_self.py", *env_args], cwd=REPO, text=True,
+    return subprocess.run([sys.executable, "train_self.py", *env_args], cwd=REPO, text=True,
                           capture_output=True, timeout=300,
                           env={"PATH": "/usr/bin:/bin", "TORCH_HOME": str(tmp_path / "th"),
                                "HTTPS_PROXY": "http://127.0.0.1:9"})
+
+
+def test_offline_imagenet_weights_name_the_way_out(data_dir, tmp_path):
+    proc = train_offline_from_imagenet(data_dir, tmp_path)
     assert proc.returncode == 2 and "--pretrained none" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_imagenet_weights_put_in_torch_home_are_used_offline(data_dir, tmp_path):
+    """What README tells a compute node without internet: torchvision's IMAGENET1K_V1 file, under
+    its own name in $TORCH_HOME/hub/checkpoints/, is loaded with no download."""
+    import torchvision
+    names = {arch: Path(getattr(torchvision.models, f"ResNet{depth}_Weights").IMAGENET1K_V1.url
+                        ).name for arch, depth in (("resnet50", 50), ("resnet18", 18))}
+    assert names == {"resnet50": "resnet50-0676ba61.pth", "resnet18": "resnet18-f37072fd.pth"}
+    checkpoints = tmp_path / "th" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(),
+               checkpoints / names["resnet18"])
+    proc = train_offline_from_imagenet(data_dir, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "backbone: ImageNet weights (torchvision)" in proc.stdout  # no download possible
 
 
 def test_label_diagnostics_split_clean_and_noisy_samples():
@@ -243,3 +264,31 @@ def test_sigterm_mid_epoch_saves_a_checkpoint_that_resumes_bit_identically(data_
             assert torch.equal(net_a[key], net_b[key]), key
     assert [h["loss"] for h in whole["history"]] == [h["loss"] for h in resumed["history"]]
     assert whole["final"] == resumed["final"] and b["partial"] is None
+
+
+def test_the_multi_tensor_sgd_update_is_the_single_tensor_loop_bit_for_bit():
+    """make_optimizer's foreach SGD (the CPU's fast update) against torch's plain loop, on the
+    real network with its head at 10x the lr, through momentum, Nesterov and weight decay."""
+    from core_reid.numerics import Numerics
+    from core_reid.run_state import make_optimizer
+    from core_reid.options import build_parser, parse_args
+    from model import build_model
+    args = parse_args(build_parser("train_core.py"), ["--demo"], check=False)
+    numerics = Numerics("released", "float32", False, False, False, False, "loader")
+    torch.manual_seed(0)
+    nets = [build_model("resnet18", 7, "none") for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    fast = make_optimizer(args, nets[0], numerics)
+    plain = torch.optim.SGD(nets[1].param_groups(args.lr), lr=args.lr, momentum=args.momentum,
+                            nesterov=True, weight_decay=args.weight_decay, foreach=False)
+    assert fast.defaults["foreach"] is True
+    for step in range(3):
+        images = torch.randn(6, 3, 32, 16, generator=torch.Generator().manual_seed(step))
+        labels = torch.arange(6) % 7
+        for net, optimizer in zip(nets, (fast, plain)):
+            torch.manual_seed(step)  # the same dropout
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(net(images), labels).backward()
+            optimizer.step()
+    for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values()):
+        assert torch.equal(a, b)

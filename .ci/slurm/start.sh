@@ -4,9 +4,14 @@
 # slurmdbd, slurmctld and slurmd, each started only if it is not already running, so running this
 # twice is harmless. Partitions: debug (default), low (pre-emptible: REQUEUE after a 120 s grace
 # time), high (pre-empts low) and short (1-minute limit: a longer job waits there forever). Daemon pids go to $SLURM_STATE/pids; stop.sh stops them.
+# It starts over whatever another SLURM left on the machine: its cluster name, state, spool, pid
+# files, logs and accounting database and user are its own (under $SLURM_STATE, corereid_*),
+# and the database password is set every time.
 set -euo pipefail
 STATE=${SLURM_STATE:-/tmp/core-reid-slurm}
-PIDS=$STATE/pids
+PIDS=$STATE/pids   # what stop.sh stops
+RUN=$STATE/run     # the daemons' own pid files
+LOGS=$STATE/log
 mkdir -p "$PIDS"
 [ "$(id -u)" = 0 ] || { echo "start.sh: starting SLURM needs root" >&2; exit 1; }
 if ! command -v slurmctld >/dev/null || ! command -v mariadbd >/dev/null; then
@@ -42,29 +47,30 @@ if ! mysqladmin ping >/dev/null 2>&1; then
     wait_for 30 mysqladmin ping
     cp /run/mysqld/mysqld.pid "$PIDS/mariadbd"
 fi
-mysql -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
-    CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurm';
-    GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
+# its own database and user; the password is set every time (an existing user keeps an old one)
+mysql -e "CREATE DATABASE IF NOT EXISTS corereid_acct_db;
+    CREATE USER IF NOT EXISTS 'corereid'@'localhost';
+    ALTER USER 'corereid'@'localhost' IDENTIFIED BY 'corereid';
+    GRANT ALL ON corereid_acct_db.* TO 'corereid'@'localhost'; FLUSH PRIVILEGES;"
 
 # configuration (rewritten each time: the node's name and CPU count are this machine's)
-# slurmctld's state lives under $STATE, not /var/spool: a machine image that already ran another
-# cluster leaves its name there, and slurmctld refuses to start on it ("CLUSTER NAME MISMATCH").
-install -d -o slurm -g slurm "$STATE/slurmctld" /var/log/slurm /run/slurm
+# its own state, spool, pid files and logs: another SLURM's (e.g. a state saved under another
+# ClusterName, which slurmctld refuses) are never read
+install -d -o slurm -g slurm "$STATE/slurmctld" "$RUN" "$LOGS"
 install -d "$STATE/slurmd" /etc/slurm
 umask 077
-cat > /etc/slurm/slurmdbd.conf <<CONF
+cat > "$STATE/slurmdbd.conf" <<CONF
 AuthType=auth/munge
 DbdHost=localhost
 SlurmUser=slurm
-LogFile=/var/log/slurm/slurmdbd.log
-PidFile=/run/slurm/slurmdbd.pid
+LogFile=$LOGS/slurmdbd.log
+PidFile=$RUN/slurmdbd.pid
 StorageType=accounting_storage/mysql
 StorageHost=localhost
-StorageUser=slurm
-StoragePass=slurm
-StorageLoc=slurm_acct_db
+StorageUser=corereid
+StoragePass=corereid
+StorageLoc=corereid_acct_db
 CONF
-chown slurm:slurm /etc/slurm/slurmdbd.conf
 umask 022
 NODE=$(hostname)
 # cred_expire: a requeued job waits this long before it starts again (default 120 s).
@@ -77,10 +83,10 @@ SlurmUser=slurm
 AuthType=auth/munge
 StateSaveLocation=$STATE/slurmctld
 SlurmdSpoolDir=$STATE/slurmd
-SlurmctldPidFile=/run/slurm/slurmctld.pid
-SlurmdPidFile=/run/slurm/slurmd.pid
-SlurmctldLogFile=/var/log/slurm/slurmctld.log
-SlurmdLogFile=/var/log/slurm/slurmd.log
+SlurmctldPidFile=$RUN/slurmctld.pid
+SlurmdPidFile=$RUN/slurmd.pid
+SlurmctldLogFile=$LOGS/slurmctld.log
+SlurmdLogFile=$LOGS/slurmd.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SchedulerType=sched/backfill
@@ -106,24 +112,34 @@ PartitionName=high Nodes=$NODE MaxTime=INFINITE State=UP PriorityTier=2 PreemptM
 PartitionName=short Nodes=$NODE MaxTime=1 State=UP PriorityTier=1
 CONF
 rm -f /etc/slurm/cgroup.conf
-if ! cmp -s "$STATE/slurm.conf" /etc/slurm/slurm.conf; then  # a new configuration: restart
+stop() {  # stop one of our daemons (its configuration changed, or it does not serve)
+    if running "$1"; then
+        kill "$(cat "$PIDS/$1")"
+        wait_for 30 sh -c "! kill -0 $(cat "$PIDS/$1")"
+        rm -f "$PIDS/$1"
+    fi
+}
+if ! cmp -s "$STATE/slurmdbd.conf" /etc/slurm/slurmdbd.conf; then  # a daemon reads it at start
+    install -m 600 -o slurm -g slurm "$STATE/slurmdbd.conf" /etc/slurm/slurmdbd.conf
+    stop slurmd; stop slurmctld; stop slurmdbd
+fi
+if ! cmp -s "$STATE/slurm.conf" /etc/slurm/slurm.conf; then
     cp "$STATE/slurm.conf" /etc/slurm/slurm.conf
-    for daemon in slurmd slurmctld; do
-        if running "$daemon"; then
-            kill "$(cat "$PIDS/$daemon")"
-            wait_for 30 sh -c "! kill -0 $(cat "$PIDS/$daemon")"
-            rm -f "$PIDS/$daemon"
-        fi
-    done
+    stop slurmd; stop slurmctld
+fi
+# a slurmdbd that cannot reach its database (e.g. started before its password was set) retries
+# for ever: start it again
+if running slurmdbd && ! wait_for 10 sacctmgr -n list cluster 2>/dev/null; then
+    stop slurmd; stop slurmctld; stop slurmdbd
 fi
 
 for daemon in slurmdbd slurmctld slurmd; do
     if ! running "$daemon"; then
-        rm -f "/run/slurm/$daemon.pid"  # a stale one would pass the wait below
+        rm -f "$RUN/$daemon.pid"
         "$daemon"
-        wait_for 20 test -s "/run/slurm/$daemon.pid" || { tail -5 "/var/log/slurm/$daemon.log" >&2; exit 1; }
+        wait_for 20 test -s "$RUN/$daemon.pid" || { tail -5 "$LOGS/$daemon.log" >&2; exit 1; }
         sleep 2
-        cp "/run/slurm/$daemon.pid" "$PIDS/$daemon"
+        cp "$RUN/$daemon.pid" "$PIDS/$daemon"
     fi
 done
 wait_for 60 sh -c 'sinfo -h -o %T | grep -qE "^(idle|mixed|allocated|completing)"'  # up (busy or not)

@@ -20,15 +20,22 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import submitit
+from submitit.core.utils import JobPaths
 
 from core_reid.engine import train
 from core_reid.pretraining import SYNTHETIC, describe_record, synthetic_backbone
 from core_reid.reproduction import slurm
-from core_reid.reproduction.plan import REPO, Run
+from core_reid.reproduction.plan import REPO, Run, recorded_grid
 from core_reid.run_data import prepare_synthetic_data
 from core_reid.utils import EXIT_RESUMABLE, RunInterrupted, UserError, atomic_write_text
 
 OUTCOME_OF_EXIT = {0: "done", EXIT_RESUMABLE: "interrupted"}
+# Outcomes of a run that ended without finishing (the grid's exit status is then 1).
+UNFINISHED = ("failed", "timed-out", "blocked", "cancelled")
+# What submitit's log of a job says each time the job reaches its time limit, and when it will
+# not requeue it again (its max_num_timeout is spent).
+TIMED_OUT = "this job is timed-out"
+TIMED_OUT_TOO_OFTEN = "timed-out too many times"
 
 
 class StatusFile:
@@ -84,17 +91,18 @@ def visible_gpus() -> list[str]:
 
 def blocked_by(run: Run, outcomes: dict[str, str]) -> Optional[str]:
     return next((need for need in run.needs if outcomes.get(need) in
-                 ("failed", "blocked", "interrupted", "cancelled")), None)
+                 (*UNFINISHED, "interrupted")), None)
 
 
-def run_local(runs: Sequence[Run], grid_dir: Path, cwd: str) -> dict[str, str]:
-    """Run what is not done, one run per visible GPU at a time (on the CPU one at a time);
-    SIGTERM/SIGINT stop every running run resumably and end with RunInterrupted."""
+def run_local(runs: Sequence[Run], grid_dir: Path, cwd: str, cpu_jobs: int = 1
+              ) -> dict[str, str]:
+    """Run what is not done, one run per visible GPU at a time (without a GPU, ``cpu_jobs`` at
+    a time); SIGTERM/SIGINT stop every running run resumably and end with RunInterrupted."""
     status = StatusFile(grid_dir / "status.json")
-    slots: list[Optional[str]] = visible_gpus() or [None]
+    slots: list[Optional[str]] = visible_gpus() or [None] * cpu_jobs  # GPU of each slot
     outcomes = {run.name: "done" for run in runs if run.status()[0] == "done"}
     pending = [run for run in runs if run.name not in outcomes]
-    running: dict[Optional[str], tuple[Run, subprocess.Popen, Path]] = {}
+    running: dict[int, tuple[Run, subprocess.Popen, Path]] = {}  # by slot
     stop: list[int] = []
     signalled: set[int] = set()
     previous = {sig: signal.signal(sig, lambda signum, _: stop.append(signum))
@@ -130,16 +138,17 @@ def run_local(runs: Sequence[Run], grid_dir: Path, cwd: str) -> dict[str, str]:
                     status.set(run, "blocked")
                     print(f"[blocked] {run.name}: {blocker} did not finish", flush=True)
                 elif all(outcomes.get(need) == "done" for need in run.needs):
-                    free = next((s for s in slots if s not in running), "busy")
-                    if free == "busy":
+                    free = next((i for i in range(len(slots)) if i not in running), None)
+                    if free is None:
                         break
                     pending.remove(run)
                     log = run_log(grid_dir, run)
                     log.parent.mkdir(parents=True, exist_ok=True)
                     env = dict(os.environ, PYTHONUNBUFFERED="1")
-                    if free is not None:
-                        env["CUDA_VISIBLE_DEVICES"] = free
-                    print(f"[start] {run.name}" + (f" on GPU {free}" if free else ""),
+                    gpu = slots[free]
+                    if gpu is not None:
+                        env["CUDA_VISIBLE_DEVICES"] = gpu
+                    print(f"[start] {run.name}" + (f" on GPU {gpu}" if gpu else ""),
                           flush=True)
                     with open(log, "a") as out:
                         # its own session: a Ctrl-C in the terminal reaches only this
@@ -204,11 +213,39 @@ class TrainingJob:
         return {"command": self.command, "cwd": self.cwd, "log": self.log, "process": None}
 
 
-def ended_outcome(run: Run, state: slurm.JobState) -> str:
-    """A job that ended: its run is done (whatever SLURM's state), cancelled or failed."""
+def submitit_log(grid_dir: Path, job_id: str) -> Path:
+    """submitit's own log of a job (its signals, requeues and errors), appended to by every
+    allocation of the job."""
+    return JobPaths(grid_dir / "slurm", job_id=job_id, task_id=0).stderr
+
+
+def existing_log(grid_dir: Path, run: Run, job_id: Optional[str]) -> Optional[Path]:
+    """The log to read about a run: its training output, else (a job that ended before the
+    training started) submitit's log of its job; None if neither exists."""
+    for log in (run_log(grid_dir, run), submitit_log(grid_dir, job_id) if job_id else None):
+        if log is not None and log.is_file():
+            return log
+    return None
+
+
+def ended(run: Run, state: slurm.JobState, grid_dir: Path, job_id: str) -> tuple[str, str]:
+    """A job that ended: its run's outcome (done whatever SLURM's state, cancelled, timed-out
+    or failed) and, unless done, why, in words."""
     if run.status()[0] == "done":
-        return "done"
-    return "cancelled" if state.state == "CANCELLED" else "failed"
+        return "done", ""
+    if state.state == "CANCELLED":
+        return "cancelled", state.describe()
+    log = submitit_log(grid_dir, job_id)
+    said = log.read_text(errors="replace") if log.is_file() else ""
+    if state.state == "TIMEOUT" or TIMED_OUT_TOO_OFTEN in said:
+        times = max(said.count(TIMED_OUT), 1)
+        command = recorded_grid(grid_dir).get("command", "the same reproduce.py command")
+        return "timed-out", (
+            f"reached its time limit {times} time{'s' if times > 1 else ''} (saved at "
+            f"{run.status()[1]}/{run.epochs} epochs); continue it with: {command} (add "
+            "--max_timeouts N for more requeues per job, or give a longer --time)")
+    why = last_line(run_log(grid_dir, run)) or last_line(log)
+    return "failed", state.describe() + (f"; {why}" if why else "")
 
 
 def last_line(path: Path) -> str:
@@ -232,16 +269,18 @@ class SlurmLauncher:
     POLL_S = 3.0
 
     def __init__(self, runs: Sequence[Run], grid_dir: Path, cwd: str,
-                 partition: Optional[str], time_min: int, gpus: int, cpus: int, local: bool):
+                 partition: Optional[str], time_min: int, gpus: int, cpus: int, local: bool,
+                 max_timeouts: int = slurm.MAX_TIMEOUTS):
         self.runs, self.grid_dir, self.cwd, self.local = runs, grid_dir, cwd, local
         self.status = StatusFile(grid_dir / "status.json")
-        self.executor = submitit.AutoExecutor(folder=grid_dir / "slurm",
-                                              cluster="local" if local else "slurm")
+        self.executor = submitit.AutoExecutor(
+            folder=grid_dir / "slurm", cluster="local" if local else "slurm",
+            **{f"{'local' if local else 'slurm'}_max_num_timeout": max_timeouts})
         # the job's Python unpickles a TrainingJob: it must find core_reid wherever it starts
         path = f"export PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}"
         self.executor.update_parameters(
             timeout_min=time_min, gpus_per_node=gpus, cpus_per_task=cpus,
-            slurm_setup=[path], local_setup=[path],
+            slurm_setup=[path], local_setup=[path], slurm_signal_delay_s=slurm.SIGNAL_DELAY_S,
             **({} if local or partition is None else {"slurm_partition": partition}))
         self.outcomes = {run.name: "done" for run in runs if run.status()[0] == "done"}
         self.jobs: dict[str, str] = {}  # run name -> id of its job being watched
@@ -273,14 +312,11 @@ class SlurmLauncher:
         """Record a run's outcome and print it, one line."""
         self.outcomes[run.name] = outcome
         self.jobs.pop(run.name, None)
-        log = run_log(self.grid_dir, run)
+        log = existing_log(self.grid_dir, run, job_id)
         self.status.set(run, outcome, log=log, job_id=job_id, reason=detail)
         where = f" (job {job_id})" if job_id else ""
-        if outcome == "failed":
-            print(f"[failed] {run.name}{where}: {detail}; log: {log}", flush=True)
-        else:
-            print(f"[{outcome}] {run.name}{where}" + (f": {detail}" if detail else ""),
-                  flush=True)
+        print(f"[{outcome}] {run.name}{where}" + (f": {detail}" if detail else "") + (
+            f"; log: {log}" if outcome == "failed" and log else ""), flush=True)
 
     def submit_ready(self) -> None:
         """Submit every run not yet submitted whose needs are done or (on SLURM) submitted;
@@ -341,9 +377,7 @@ class SlurmLauncher:
                     self.settle(run, "blocked", job_id,
                                 f"needs {blocker or ' '.join(run.needs)}, which did not finish")
                 continue
-            outcome = ended_outcome(run, state)
-            detail = "" if outcome == "done" else state.describe() + (
-                f"; {last_line(run_log(self.grid_dir, run))}" if outcome == "failed" else "")
+            outcome, detail = ended(run, state, self.grid_dir, job_id)
             self.settle(run, outcome, job_id, detail)
 
     def run(self, detach: bool) -> dict[str, str]:
@@ -355,7 +389,8 @@ class SlurmLauncher:
             self.submit_ready()
             queued = {name: "queued" for name in self.jobs}
             print(f"{len(self.jobs)} jobs queued on SLURM: follow them with --status, write "
-                  "the tables with --report (both with this command's other flags)", flush=True)
+                  f"the tables with --report (each with --output_dir {self.grid_dir} alone: the "
+                  "grid is recorded there)", flush=True)
             return {**self.outcomes, **queued}
         stop: list[int] = []
         previous = {sig: signal.signal(sig, lambda signum, _: stop.append(signum))
@@ -397,9 +432,10 @@ def grid_status(runs: Sequence[Run], grid_dir: Path) -> list[str]:
             what, detail = state.state.lower(), job + (
                 f": {state.reason}" if state.reason not in ("", "None") else "")
         elif state is not None:
-            what = ended_outcome(run, state)
-            detail = f"{job}: {state.describe()}; log: {run_log(grid_dir, run)}"
-        elif recorded.get("outcome") in ("failed", "blocked", "cancelled"):
+            what, why = ended(run, state, grid_dir, ids[run.name])
+            log = existing_log(grid_dir, run, ids[run.name])
+            detail = f"{job}: {why}" + (f"; log: {log}" if what == "failed" and log else "")
+        elif recorded.get("outcome") in UNFINISHED:
             what, detail = recorded["outcome"], recorded.get("reason", "")
         else:
             state_now, finished = run.status()

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from methods import METHODS, method_flags
 from core_reid.options import build_parser, check_args, parse_args
 from core_reid.runs import run_name
-from core_reid.utils import UserError
+from core_reid.utils import UserError, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[2]  # where the training scripts are
+GRID_RECORD = "grid.json"  # in the grid's folder: what makes the grid (record_grid)
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,11 @@ class NoiseSetting:
     @property
     def label(self) -> str:
         return "clean" if self.kind == "clean" else f"{self.kind} {self.ratio:g}"
+
+    @property
+    def spec(self) -> str:
+        """As ``--noise`` takes it."""
+        return "clean" if self.kind == "clean" else f"{self.kind}:{self.ratio:g}"
 
     def flags(self) -> list[str]:
         if self.kind == "clean":
@@ -106,10 +113,12 @@ class Run:
 
 
 def expand(datasets: Sequence[str], noise: Sequence[NoiseSetting], methods: Sequence[str],
-           seeds: Sequence[int], train_flags: Sequence[str], output_dir: Path) -> list[Run]:
+           seeds: Sequence[int], train_flags: Sequence[str], output_dir: Path,
+           check: bool = True) -> list[Run]:
     """Every run of the grid with its command, dependencies first. ``train_flags`` go to every
     run (a method's own flags, those its class adds, to the runs of the methods that read them
-    only) and are checked here, once, by the scripts' own parsers."""
+    only) and are checked here, once, by the scripts' own parsers (unless ``check`` is False:
+    reading a grid's folder needs neither its data nor its inputs)."""
     for method in methods:
         if method not in METHODS:
             raise UserError(f"--methods {method}: choose from {', '.join(METHODS)}")
@@ -150,9 +159,35 @@ def expand(datasets: Sequence[str], noise: Sequence[NoiseSetting], methods: Sequ
     needed = {need for run in runs.values() for need in run.needs}
     ordered = sorted(runs.values(), key=lambda r: (r.name not in needed, len(r.needs)))
     for run in ordered:  # the scripts' own checks, but not of files the grid will make
-        if not run.needs:
+        if check and not run.needs:
             check_args(run.args)
     return ordered
+
+
+def record_grid(grid_dir: Path, datasets: Sequence[str], noise: Sequence[NoiseSetting],
+                methods: Sequence[str], seeds: Sequence[int], train_flags: Sequence[str],
+                command: Sequence[str]) -> None:
+    """Write what makes the grid (``GRID_RECORD``), so that --report and --status need none of
+    its flags again: the last command that launched runs in ``grid_dir``."""
+    atomic_write_text(grid_dir / GRID_RECORD, json.dumps(
+        {"datasets": list(datasets), "noise": [setting.spec for setting in noise],
+         "methods": list(methods), "seeds": list(seeds), "train_flags": list(train_flags),
+         "command": shlex.join(command)}, indent=1))
+
+
+def recorded_grid(grid_dir: Path) -> dict[str, Any]:
+    """The grid ``record_grid`` wrote in ``grid_dir`` ({} if none)."""
+    path = grid_dir / GRID_RECORD
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict) or "command" not in record:
+            raise ValueError("not a grid record")
+    except ValueError:
+        raise UserError(f"{path}: damaged; pass the grid's flags again (its datasets, noise, "
+                        "methods, seeds and training flags), or delete it") from None
+    return record
 
 
 def _without(flags: list[str], names: Sequence[str]) -> list[str]:

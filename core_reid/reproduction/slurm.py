@@ -21,6 +21,14 @@ NEVER_STARTS = {"PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit",
                 "QOSNotAllowed"}
 BLOCKED = "DependencyNeverSatisfied"  # a job it waits for (afterok) did not succeed
 UNREACHABLE = "Unable to contact slurm controller"
+# A job asks SLURM to signal it this long before its time limit (submitit's --signal=USR2@90),
+# to save its run and requeue itself; SLURM may send the signal up to a minute earlier (the
+# resolution of its event handling). A job of less than MIN_TIME_MIN minutes would get it as it
+# starts, before the training runs.
+SIGNAL_DELAY_S = 90
+SIGNAL_EARLY_S = 60
+MIN_TIME_MIN = -(-(SIGNAL_DELAY_S + SIGNAL_EARLY_S + 30) // 60)
+MAX_TIMEOUTS = 3  # times a job may reach its time limit and be requeued (submitit's default)
 TIMEOUT_S = 60  # a SLURM command that takes longer: the controller is not answering
 
 
@@ -62,6 +70,16 @@ def slurm_command(argv: list[str]) -> str:
                             "slurmctld runs (sinfo) and try again")
         raise UserError(f"SLURM refused {' '.join(argv[:2])}: {said}")
     return done.stdout
+
+
+def check_time(time_min: int) -> None:
+    """UserError for a ``--time`` too short for the job's warning signal to come after it
+    starts."""
+    if time_min < MIN_TIME_MIN:
+        raise UserError(f"--time {time_min}: must be >= {MIN_TIME_MIN} (minutes) with --launcher "
+                        f"slurm: SLURM signals a job {SIGNAL_DELAY_S} s before its time limit "
+                        f"(up to {SIGNAL_EARLY_S} s earlier) to save and requeue it, so a shorter "
+                        "job gets the signal as it starts and dies")
 
 
 def check_request(partition: Optional[str], time_min: int, gpus: int, cpus: int) -> None:
