@@ -257,7 +257,8 @@ def test_slurm_unreachable_absent_or_refusing_is_one_line_before_any_work(
     one_error_line(reproduce(tmp_path, *demo, "--gpus_per_job", "1"), "--gpus_per_job 1")
     conf = tmp_path / "slurm.conf"  # this cluster's configuration, its controller elsewhere
     conf.write_text(re.sub(r"(?m)^SlurmctldHost=.*$", "SlurmctldHost=nowhere(127.0.0.1)\n"
-                           "SlurmctldPort=6999", Path("/etc/slurm/slurm.conf").read_text()))
+                           "SlurmctldPort=6999", Path("/etc/slurm/slurm.conf").read_text())
+                    + "MessageTimeout=2\n")  # each SLURM command gives up after 2 s, not 10
     one_error_line(reproduce(tmp_path, *demo, "--gpus_per_job", "0",
                              env=dict(os.environ, SLURM_CONF=str(conf))),
                    "cannot reach the SLURM controller")
