@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Optional
 
 from core_reid.utils import atomic_write, atomic_write_text
 
 TEST_KEYS = ("rank1", "rank5", "rank10", "mAP")
+# curves.png is redrawn at a test at most this often, and always at the run's last epoch: on a
+# GPU tests are minutes apart and each one redraws it; a tiny CPU run, whose drawing would cost
+# more than its epochs, draws it once at the end (TensorBoard has the live curves).
+REDRAW_CURVES_S = 60.0
 
 
 class RunRecorder:
@@ -23,6 +28,7 @@ class RunRecorder:
         self.history: list[dict] = list(history or [])
         self.log_file = open(run_dir / "train.log", "a", buffering=1)
         self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        self.curves_drawn = time.monotonic()  # (the run's start)
 
     def log(self, message: str) -> None:
         """Print a line and keep a copy in ``train.log``."""
@@ -46,8 +52,11 @@ class RunRecorder:
         self.tb.flush()
         self.history.append(record)
         self.write_metrics()
-        if record.get("rank1") is not None:
+        last = epoch == self.meta["epochs"] - 1
+        if record.get("rank1") is not None and (
+                last or time.monotonic() - self.curves_drawn >= REDRAW_CURVES_S):
             self.plot_curves()
+            self.curves_drawn = time.monotonic()
         nets = "  ".join(f"net{k + 1} loss {n['loss']:.3f} acc {n['train_acc']:.3f}"
                          + (f" lambda {n['lambda']:.2f}" if "lambda" in n else "")
                          + (f" label-prec {n['label_precision']:.3f}" if "label_precision" in n
