@@ -259,9 +259,8 @@ def code_before(tmp_path_factory):
 
 
 THREE = ["--epochs", "3", "--milestones", "2"]
-# method, its class then, script, flags, (epoch, step) of the SIGTERM; the baseline's resume is
-# SELF's without lambda
-OLD_RUNS = [
+OLD_RUNS = [  # method, its class then, script, flags, (epoch, step) of the SIGTERM
+    ("baseline", "Baseline", "train_self.py", THREE, (1, 3)),
     ("self", "SelfRefining", "train_self.py", THREE, (1, 3)),
     ("core", "CoRefining", "train_core.py", [*THREE, "--stage1_epochs", "1"], (1, 3)),
     ("purifynet", "PurifyNet", "train_self.py", ["--epochs", "2", "--milestones", "1",
