@@ -11,6 +11,7 @@ from typing import Optional, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torchvision
 
 from core_reid.utils import UserError, first_line
@@ -131,3 +132,65 @@ def build_model(arch: str, num_classes: int, pretrained: Union[str, dict, None] 
     if weights is not None:
         model.backbone.load_state_dict(weights)
     return model
+
+
+class SinglePositionConv2d(nn.Conv2d):
+    """A convolution whose output, at one known input size, is a single position (ResNet's last
+    stage at the demo's 32x16 images): one matrix product of the input window it sees with the
+    kernel taps that see it. The same function and gradients as the convolution (the taps that
+    only ever see zero padding get zero gradient in both), other float rounding; on a CPU the
+    convolution's backward pass wastes most of its time on that padding. Other input sizes
+    take the convolution."""
+    input_size: tuple[int, int]
+    window: tuple[tuple[int, int], tuple[int, int]]  # (first tap, taps) per dimension
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != self.input_size:
+            return super().forward(x)
+        (row, rows), (col, cols) = self.window
+        taps = self.weight[:, :, row:row + rows, col:col + cols]
+        out = F.linear(x[:, :, :rows, :cols].reshape(len(x), -1),
+                       taps.reshape(len(taps), -1), self.bias)
+        return out[:, :, None, None]
+
+
+def single_position_window(conv: nn.Conv2d, size: tuple[int, int]
+                           ) -> Optional[tuple[tuple[int, int], tuple[int, int]]]:
+    """The kernel taps (first, count) per dimension that see an input of ``size`` when
+    ``conv``'s output there is a single position; None otherwise."""
+    if conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros" or \
+            isinstance(conv.padding, str):
+        return None
+    window = []
+    for length, kernel, stride, pad in zip(size, conv.kernel_size, conv.stride, conv.padding):
+        if (length + 2 * pad - kernel) // stride + 1 != 1:
+            return None
+        window.append((pad, min(kernel, pad + length) - pad))
+    return tuple(window)
+
+
+def matmul_single_position_convs(net: nn.Module, img_size: tuple[int, int]) -> int:
+    """Turn every convolution of ``net`` whose output is a single position at ``img_size``
+    images into a SinglePositionConv2d (``--matmul_convs``; parameters and state dict
+    unchanged). Returns how many."""
+    sizes: dict[nn.Conv2d, tuple[int, int]] = {}
+    hooks = [m.register_forward_pre_hook(
+        lambda m, inputs: sizes.__setitem__(m, tuple(inputs[0].shape[-2:])))
+        for m in net.modules() if type(m) is nn.Conv2d]
+    training = net.training
+    try:
+        net.eval()
+        with torch.no_grad():  # eval mode: no running statistics change
+            net(torch.zeros(1, 3, *img_size, device=next(net.parameters()).device))
+    finally:
+        net.train(training)
+        for hook in hooks:
+            hook.remove()
+    turned = 0
+    for conv, size in sizes.items():
+        window = single_position_window(conv, size)
+        if window is not None:
+            conv.__class__ = SinglePositionConv2d
+            conv.input_size, conv.window = size, window
+            turned += 1
+    return turned

@@ -47,7 +47,8 @@ PAPER_NOISE = ["clean", "random:0.1,0.2,0.3", "pattern:0.1,0.2,0.3"]
 DEMO = dict(datasets=["market"], noise=["random:0.5"], seeds=[1],
             train_flags=["--demo", "--img_size", "32", "16", "--epochs", "24", "--milestones",
                          "8", "20", "--stage1_epochs", "8", "--eval_every", "4",
-                         "--pretrained", "synthetic"])
+                         "--diagnostics_every", "4", "--matmul_convs", "--pretrained",
+                         "synthetic"])
 GRID_FLAGS = ("--dataset", "--noise_ratio", "--pattern", "--pattern_model", "--seed",
               "--method", "--output_dir", "--run_name", "--resume")
 

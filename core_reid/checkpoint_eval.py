@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from datasets.noise import load_noise
 from eval_utils import EvalSet, distances, extract_features, score
+from model import matmul_single_position_convs
 from core_reid.numerics import (Numerics, apply_tf32, choose_numerics, pick_device,
                                 scoring_numerics)
 from core_reid.options import check_data_dir, saved_args
@@ -42,9 +43,13 @@ class SavedRun:
     numerics: Numerics
 
     def network(self, index: int) -> torch.nn.Module:
-        """Network ``index`` (0 or 1) on the device, in the run's memory format."""
-        return network_from_checkpoint(self.state, index).to(
+        """Network ``index`` (0 or 1) on the device, in the run's memory format and with its
+        convolutions (``--matmul_convs``)."""
+        net = network_from_checkpoint(self.state, index).to(
             self.device, memory_format=self.numerics.memory_format)
+        if self.numerics.matmul_convs:
+            matmul_single_position_convs(net, self.args.img_size)
+        return net
 
 
 def open_checkpoint(path: str, device: str, gpu: Optional[int],
@@ -168,7 +173,8 @@ def test_checkpoint(cli: argparse.Namespace) -> dict[str, Any]:
                "data_dir": run.args.data_dir, "img_size": list(run.args.img_size),
                "eval_protocol": run.args.eval_protocol, "rerank": cli.rerank,
                "numerics": {"dtype": run.numerics.dtype, "tf32": run.numerics.tf32,
-                            "channels_last": run.numerics.channels_last},
+                            "channels_last": run.numerics.channels_last,
+                            "matmul_convs": run.numerics.matmul_convs},
                "network": cli.network, **results[primary], "scored": results}
     atomic_write_text(out, json.dumps(payload, indent=1))
     print(f"wrote {out}")

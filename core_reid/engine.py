@@ -25,7 +25,7 @@ from datasets.noise import save_noise
 from datasets.pipeline import epoch_seed
 from eval_utils import score, test_features
 from methods import METHODS, Method, Peer
-from model import build_model
+from model import build_model, matmul_single_position_convs
 from core_reid.audit import refined_labels
 from core_reid.fast_path import check_fast_path
 from core_reid.numerics import (Numerics, apply_tf32, choose_numerics, describe_environment,
@@ -42,6 +42,9 @@ from core_reid.runs import (NOISE_FILE, EpochProgress, StopSignals, check_metric
                   saved_method_state, save_checkpoint)
 from core_reid.utils import FolderLock, RunInterrupted, UserError
 
+# What label_diagnostics returns for each network (None in an epoch without diagnostics).
+LABEL_DIAGNOSTICS = ("label_precision", "label_precision_clean", "noisy_corrected",
+                     "noisy_memorized")
 # Queries in the ranked-list picture of each test (TensorBoard): the same ones every time.
 RANKED_LIST_QUERIES = 4
 
@@ -56,6 +59,8 @@ def build_peers(args: argparse.Namespace, method: Method, num_classes: int,
     for _ in range(method.networks):
         net = build_model(args.arch, num_classes, weights, args.head_act, args.dropout)
         net = net.to(device, memory_format=numerics.memory_format)
+        if numerics.matmul_convs:
+            matmul_single_position_convs(net, args.img_size)
         model = torch.compile(net) if numerics.compile else net
         peers.append(Peer(net, model, make_optimizer(args, net, numerics)))
     return peers
@@ -159,38 +164,52 @@ def annotation_diagnostics(refined: list[np.ndarray], annotated: np.ndarray
         (refined_labels(np.stack(refined), annotated) != annotated).mean())}
 
 
-def network_statistics(run: RunState, epoch: int, progress: EpochProgress
-                       ) -> tuple[list[dict[str, Any]], dict[str, float]]:
+def network_statistics(run: RunState, epoch: int, progress: EpochProgress, diagnose: bool
+                       ) -> tuple[list[dict[str, Any]], dict[str, Optional[float]]]:
     """Each network's epoch: loss, accuracy, what its loss used (the method's ``trained_with``,
     e.g. SELF's lambda), its label diagnostics (annotation_diagnostics when no noise was
-    injected) and the method's own (e.g. the precision of what it trained on); with the run's
-    own diagnostics."""
-    networks, refined, labels = [], [], run.labels
+    injected; None where ``diagnose`` is false: they cost a forward pass over the training
+    images per network and change nothing the training does) and the method's own (e.g. the
+    precision of what it trained on); with the run's own diagnostics."""
+    labels = run.labels
+    refined = [predicted_labels(p.net, run.data, run.device, run.numerics)
+               for p in run.peers] if diagnose else None
+    networks = []
     for k, p in enumerate(run.peers):
-        refined.append(predicted_labels(p.net, run.data, run.device, run.numerics))
         stats = {"loss": progress.mean_loss[k], "train_acc": progress.train_acc[k],
                  **run.method.trained_with(epoch, k)}
-        truth = (label_diagnostics(refined[k], labels.clean_labels, labels.noisy_labels,
-                                   labels.is_clean) if labels.truth_known else {})
+        if not labels.truth_known:
+            truth = {}
+        elif refined is None:
+            truth = dict.fromkeys(LABEL_DIAGNOSTICS)
+        else:
+            truth = label_diagnostics(refined[k], labels.clean_labels, labels.noisy_labels,
+                                      labels.is_clean)
         networks.append({**stats, **truth, **run.method.extra_stats(epoch, k)})
     if labels.truth_known:
         return networks, {}
-    per_network, run_stats = annotation_diagnostics(refined, labels.noisy_labels)
+    per_network, run_stats = (annotation_diagnostics(refined, labels.noisy_labels)
+                              if refined is not None
+                              else ([{"disagree_with_annotation": None}] * len(networks),
+                                    {"labels_changed": None}))
     return [{**n, **d} for n, d in zip(networks, per_network)], run_stats
 
 
 def epoch_record(run: RunState, epoch: int, progress: EpochProgress
                  ) -> tuple[dict[str, Any], Optional[tuple[torch.Tensor, torch.Tensor]]]:
-    """A trained epoch's record: each network's statistics and, every --eval_every epochs and
-    at the last, network 1's test scores; with them, at a test, its query and gallery
-    descriptors (for the ranked-list picture). A method's stage ends are tested too."""
+    """A trained epoch's record: each network's statistics (the label diagnostics at every test
+    and every --diagnostics_every epochs) and, every --eval_every epochs and at the last,
+    network 1's test scores; with them, at a test, its query and gallery descriptors (for the
+    ranked-list picture). A method's stage ends are tested too."""
     if not all(math.isfinite(x) for x in progress.mean_loss):
         raise UserError(f"training diverged at epoch {epoch} (loss {progress.mean_loss}); "
                         "lower --lr")
-    networks, run_stats = network_statistics(run, epoch, progress)
+    test = epoch % run.args.eval_every == 0 or epoch == run.epochs - 1 or \
+        run.method.ends_stage(epoch)
+    networks, run_stats = network_statistics(
+        run, epoch, progress, diagnose=test or epoch % run.args.diagnostics_every == 0)
     scores, features, data = {}, None, run.data
-    if epoch % run.args.eval_every == 0 or epoch == run.epochs - 1 or \
-            run.method.ends_stage(epoch):
+    if test:
         features = test_features(run.peers[0].net, data.query, data.gallery, run.device,
                                  run.numerics.amp, run.numerics.channels_last)
         scores = score(*features, data.query, data.gallery, run.args.rerank)

@@ -74,6 +74,7 @@ class Numerics:
     fused_sgd: bool
     compile: bool
     data_path: str       # "cache" or "loader" ("auto" until the data is loaded)
+    matmul_convs: bool = False  # single-position convolutions as matrix products
     fallbacks: tuple[Fallback, ...] = ()  # fast settings turned off by their check
 
     @property
@@ -91,18 +92,21 @@ class Numerics:
                 f"{'channels_last' if self.channels_last else 'default memory format'}, "
                 f"{'fused' if self.fused_sgd else 'plain'} SGD, "
                 f"{'torch.compile' if self.compile else 'no compile'}, data path "
-                f"{self.data_path}" + (f"; fell back from: {fell_back}" if fell_back else ""))
+                f"{self.data_path}"
+                + (", single-position convolutions as matmuls" if self.matmul_convs else "")
+                + (f"; fell back from: {fell_back}" if fell_back else ""))
 
 
 def choose_numerics(args: argparse.Namespace, device: torch.device) -> Numerics:
-    """Resolve --numerics with --amp, --channels_last, --data_path and --compile; UserError for
+    """Resolve --numerics with --amp, --channels_last, --data_path, --compile and --matmul_convs;
+    UserError for
     a contradiction or for a fast option this torch or device lacks."""
     released = args.numerics == "released"
     cuda = device.type == "cuda"
     if released:
         fast_flags = {"--amp on": args.amp == "on", "--channels_last on":
                       args.channels_last == "on", "--data_path cache": args.data_path == "cache",
-                      "--compile": args.compile}
+                      "--compile": args.compile, "--matmul_convs": args.matmul_convs}
         for flag, given in fast_flags.items():
             if given:
                 raise UserError(f"{flag} contradicts --numerics released (eager fp32, default "
@@ -122,15 +126,16 @@ def choose_numerics(args: argparse.Namespace, device: torch.device) -> Numerics:
         channels_last=args.channels_last == "on" or (args.channels_last == "auto" and fast_here),
         fused_sgd=fast_here and fused_sgd_available(),
         compile=bool(args.compile),
-        data_path="loader" if released else args.data_path)
+        data_path="loader" if released else args.data_path,
+        matmul_convs=bool(args.matmul_convs))
 
 
 def scoring_numerics(chosen: Numerics, recorded: Optional[dict[str, Any]],
                      device: torch.device) -> tuple[Numerics, str]:
-    """The arithmetic to re-score a checkpoint with: the run's recorded dtype, TF32 and memory
-    format (its metrics.json ``numerics`` block), so a re-score reproduces what the run logged;
-    ``chosen`` (from the run's flags on this device) when nothing was recorded. Also says, in
-    words, where the choice came from."""
+    """The arithmetic to re-score a checkpoint with: the run's recorded dtype, TF32, memory
+    format and convolutions (its metrics.json ``numerics`` block), so a re-score reproduces
+    what the run logged; ``chosen`` (from the run's flags on this device) when nothing was
+    recorded. Also says, in words, where the choice came from."""
     if not recorded:
         return chosen, "the run's flags on this device (its metrics.json has no numerics block)"
     dtype = recorded.get("dtype", chosen.dtype)
@@ -138,7 +143,8 @@ def scoring_numerics(chosen: Numerics, recorded: Optional[dict[str, Any]],
     if dtype == "bfloat16" and not bf16_available(device):
         dtype, note = "float32", "as the run recorded, but float32: this device has no bf16"
     return replace(chosen, dtype=dtype, tf32=bool(recorded.get("tf32", chosen.tf32)),
-                   channels_last=bool(recorded.get("channels_last", chosen.channels_last))), note
+                   channels_last=bool(recorded.get("channels_last", chosen.channels_last)),
+                   matmul_convs=bool(recorded.get("matmul_convs", chosen.matmul_convs))), note
 
 
 def apply_tf32(numerics: Numerics, device: torch.device) -> None:

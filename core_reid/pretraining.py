@@ -51,7 +51,7 @@ CACHE_FOLDER = "synthetic_pretraining"
 Trainer = Callable[[argparse.Namespace, str], dict]
 # The settings of the run's computation that the pretraining run shares.
 SHARED_FLAGS = ("device", "gpu", "workers", "threads", "numerics", "data_path", "amp",
-                "channels_last", "compile")
+                "channels_last", "compile", "matmul_convs")
 REPO = Path(__file__).resolve().parents[1]
 # The code the pretraining run executes that decides the cached backbone or the record saved
 # with it (paths from the repository root). Left out: what only logs, draws, locks or parses
@@ -293,6 +293,7 @@ def _pretrain(args: argparse.Namespace, train: Trainer, spec: PretrainingSpec, p
         "noise_ratio": 0.0, "seed": spec.seed, "arch": args.arch, "pretrained": "none",
         "img_size": list(args.img_size), "lr": spec.lr, "batchsize": spec.batchsize,
         "epochs": spec.epochs, "milestones": list(spec.milestones), "eval_every": spec.epochs,
+        "diagnostics_every": spec.epochs,
         "output_dir": str(run_dir.parent), "run_name": run_dir.name,
         "resume": "auto" if (run_dir / "last.pt").is_file() else None})
     metrics = train(inner, "baseline")

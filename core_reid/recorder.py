@@ -44,7 +44,7 @@ class RunRecorder:
             for key, value in stats.items():
                 if value is not None:  # e.g. no noisy samples to correct at ratio 0
                     self.tb.add_scalar(f"net{k}/{key}", value, epoch)
-        if "labels_changed" in record:  # no injected noise: the method's, not a network's
+        if record.get("labels_changed") is not None:  # no injected noise: the method's
             self.tb.add_scalar("labels/changed", record["labels_changed"], epoch)
         for key in TEST_KEYS:
             if record.get(key) is not None:
@@ -59,11 +59,12 @@ class RunRecorder:
             self.curves_drawn = time.monotonic()
         nets = "  ".join(f"net{k + 1} loss {n['loss']:.3f} acc {n['train_acc']:.3f}"
                          + (f" lambda {n['lambda']:.2f}" if "lambda" in n else "")
-                         + (f" label-prec {n['label_precision']:.3f}" if "label_precision" in n
-                            else f" disagree {n['disagree_with_annotation']:.3f}")
+                         + (f" label-prec {fraction(n['label_precision'])}"
+                            if "label_precision" in n
+                            else f" disagree {fraction(n['disagree_with_annotation'])}")
                          for k, n in enumerate(record["networks"]))
         if "labels_changed" in record:
-            nets += f"  changed {record['labels_changed']:.3f}"
+            nets += f"  changed {fraction(record['labels_changed'])}"
         self.log(f"epoch {epoch}/{self.meta['epochs'] - 1} [{record['stage']}] lr "
                  f"{record['lr']:.4g}  {nets}  {record['epoch_time_s']:.1f}s "
                  f"{record['images_per_s']:.0f} img/s")
@@ -107,12 +108,13 @@ class RunRecorder:
         for k in range(len(self.history[0]["networks"])):
             nets = [h["networks"][k] for h in self.history]
             axes[1].plot(epochs, [n["loss"] for n in nets], label=f"network {k + 1}")
-            axes[2].plot(epochs, [n[label_key] for n in nets], label=f"network {k + 1}")
+            axes[2].plot(*diagnosed(epochs, [n[label_key] for n in nets]),
+                         label=f"network {k + 1}")
         injected = self.meta.get("injected_label_precision")
         if injected is not None:
             axes[2].axhline(injected, color="gray", ls="--", label="injected labels")
         if not truth:
-            axes[2].plot(epochs, [h["labels_changed"] for h in self.history], "k--",
+            axes[2].plot(*diagnosed(epochs, [h["labels_changed"] for h in self.history]), "k--",
                          label="changed by the method")
         for h, before in zip(self.history[1:], self.history):  # a method's stages, in one curve
             if h["stage"] != before["stage"]:
@@ -162,6 +164,18 @@ class RunRecorder:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+def fraction(value: Optional[float]) -> str:
+    """A label diagnostic in a log line; '-' in an epoch without diagnostics."""
+    return "-" if value is None else f"{value:.3f}"
+
+
+def diagnosed(epochs: list[int], values: list[Optional[float]]
+              ) -> tuple[list[int], list[float]]:
+    """The epochs with label diagnostics (--diagnostics_every) and their values."""
+    kept = [(e, v) for e, v in zip(epochs, values) if v is not None]
+    return [e for e, _ in kept], [v for _, v in kept]
 
 
 def format_scores(scores: dict[str, float]) -> str:

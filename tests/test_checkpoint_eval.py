@@ -87,7 +87,8 @@ def test_test_script_scores_with_the_arithmetic_the_run_recorded(data_dir, tmp_p
     capsys.readouterr()
     payload = test_script.main(["--checkpoint", str(run_dir / "last.pt")])
     assert "scoring arithmetic (as the run recorded): bfloat16, TF32 off" in capsys.readouterr().out
-    assert payload["numerics"] == {"dtype": "bfloat16", "tf32": False, "channels_last": False}
+    assert payload["numerics"] == {"dtype": "bfloat16", "tf32": False, "channels_last": False,
+                                   "matmul_convs": False}
     assert {k: payload[k] for k in TEST_KEYS} == logged(result, 0)  # exactly
 
     # A record that differs from what the flags choose here (--amp on: bf16) wins; TF32 acts on
@@ -97,13 +98,28 @@ def test_test_script_scores_with_the_arithmetic_the_run_recorded(data_dir, tmp_p
     (run_dir / "metrics.json").write_text(json.dumps(record))
     payload = test_script.main(["--checkpoint", str(run_dir / "last.pt"), "--out",
                                 str(tmp_path / "recorded.json")])
-    assert payload["numerics"] == {"dtype": "float32", "tf32": True, "channels_last": True}
+    assert payload["numerics"] == {"dtype": "float32", "tf32": True, "channels_last": True,
+                                   "matmul_convs": False}
 
     (run_dir / "metrics.json").unlink()
     payload = test_script.main(["--checkpoint", str(run_dir / "last.pt"), "--out",
                                 str(tmp_path / "flags.json")])
     assert "its metrics.json has no numerics block" in capsys.readouterr().out
-    assert payload["numerics"] == {"dtype": "bfloat16", "tf32": False, "channels_last": False}
+    assert payload["numerics"] == {"dtype": "bfloat16", "tf32": False, "channels_last": False,
+                                   "matmul_convs": False}
+
+
+def test_a_run_with_matmul_convs_is_rescored_with_them_exactly(data_dir, tmp_path):
+    """--matmul_convs is part of the run's arithmetic: test.py computes as the run did, so the
+    scores are the logged ones to the last bit."""
+    result = train_self.main(["--data_dir", str(data_dir), "--output_dir", str(tmp_path), *TINY,
+                              "--epochs", "1", "--matmul_convs"])
+    assert result["numerics"]["matmul_convs"] is True
+    assert "single-position convolutions as matmuls" in (
+        Path(result["run_dir"]) / "train.log").read_text()
+    payload = test_script.main(["--checkpoint", str(Path(result["run_dir"]) / "last.pt")])
+    assert payload["numerics"]["matmul_convs"] is True
+    assert {k: payload[k] for k in TEST_KEYS} == logged(result, 0)
 
 
 def test_rerank_at_training_time_and_in_the_test_script_agree(data_dir, tmp_path):

@@ -88,6 +88,7 @@ FLAG_CASES = [
     (["--batchsize", "1"], "--batchsize 1: must be >= 2"),
     (["--epochs", "0"], "--epochs 0: must be >= 1"),
     (["--eval_every", "0"], "--eval_every 0: must be >= 1"),
+    (["--diagnostics_every", "0"], "--diagnostics_every 0: must be >= 1"),
     (["--workers", "-1"], "--workers -1: must be >= 0"),
     (["--threads", "0"], "--threads 0: must be >= 1"),
     (["--kl_weight", "-1"], "--kl_weight -1.0: must be >= 0"),
@@ -115,6 +116,8 @@ FLAG_CASES = [
     (["--run_name", "a/b"], "--run_name 'a/b': must be a folder name"),
     (["--resume", "missing/last.pt"], "--resume missing/last.pt: no such checkpoint"),
     (["--numerics", "released", "--amp", "on"], "--amp on contradicts --numerics released"),
+    (["--numerics", "released", "--matmul_convs"],
+     "--matmul_convs contradicts --numerics released"),
 ]
 
 

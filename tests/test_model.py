@@ -1,9 +1,12 @@
-"""The network: shapes, the released initialisation, learning-rate groups, weight loading."""
+"""The network: shapes, the released initialisation, learning-rate groups, weight loading,
+single-position convolutions as matrix products."""
+import copy
+
 import pytest
 import torch
 import torchvision
 
-from model import build_model
+from model import SinglePositionConv2d, build_model, matmul_single_position_convs
 from core_reid.utils import UserError
 
 
@@ -92,3 +95,40 @@ def test_offline_imagenet_names_the_alternatives(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="--pretrained none") as err:
         build_model("resnet18", 5, "imagenet")
     assert "--pretrained PATH" in str(err.value)
+
+
+def test_single_position_convolutions_are_the_same_function_and_gradients_as_one_matmul():
+    torch.manual_seed(0)
+    plain = build_model("resnet18", 7, "none")
+    fast = copy.deepcopy(plain)
+    # at 32x16 images ResNet-18's last stage sees 2x1 and outputs 1x1: its five convolutions
+    assert matmul_single_position_convs(fast, (32, 16)) == 5
+    assert [name for name, m in fast.named_modules() if isinstance(m, SinglePositionConv2d)] == [
+        "backbone.layer4.0.conv1", "backbone.layer4.0.conv2", "backbone.layer4.0.downsample.0",
+        "backbone.layer4.1.conv1", "backbone.layer4.1.conv2"]
+    assert fast.training and fast.state_dict().keys() == plain.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(fast.state_dict().values(),
+                                                 plain.state_dict().values()))  # BN untouched
+    # another image size takes the convolution itself; at 64x32 no output is a single position
+    with torch.no_grad():
+        x = torch.randn(2, 3, 64, 32)
+        assert torch.equal(fast.eval()(x), plain.eval()(x))
+    plain.train(), fast.train()
+    assert matmul_single_position_convs(copy.deepcopy(plain), (64, 32)) == 0
+
+    x, y = torch.randn(6, 3, 32, 16), torch.randint(0, 7, (6,))
+    outputs = []
+    for net in (plain, fast):
+        torch.manual_seed(1)  # the same dropout mask
+        out = net(x)
+        torch.nn.functional.cross_entropy(out, y).backward()
+        outputs.append(out)
+    assert not torch.equal(*outputs)  # another summation order ...
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-6)  # ... same values
+    for (name, a), b in zip(plain.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+    # the taps that only ever see padding: zero gradient in both
+    for net in (plain, fast):
+        grad = net.backbone.layer4[1].conv1.weight.grad
+        assert grad[:, :, 0].abs().sum() == 0 and grad[:, :, :, 2].abs().sum() == 0
+        assert grad[:, :, 1, 1].abs().sum() > 0

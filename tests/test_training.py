@@ -103,6 +103,38 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(data_dir, tmp_path):
     assert whole["final"] == resumed["final"]
 
 
+DIAGNOSTICS = ("label_precision", "label_precision_clean", "noisy_corrected", "noisy_memorized")
+
+
+def test_label_diagnostics_every_n_epochs_change_nothing_the_training_does(data_dir, tmp_path):
+    """--diagnostics_every 2 skips the diagnostics' forward pass at epoch 1 (no test there):
+    the weights, the scores and every other statistic are those of the run that diagnoses
+    every epoch; the skipped values are null, the log says '-'."""
+    common = args(data_dir, tmp_path, "--epochs", "3", "--stage1_epochs", "1", "--eval_every",
+                  "3", "--noise_ratio", "0.5")
+    every = train_core.main([*common, "--run_name", "every"])
+    sparse = train_core.main([*common, "--run_name", "sparse", "--diagnostics_every", "2"])
+    a = torch.load(Path(every["run_dir"]) / "last.pt", weights_only=False)
+    b = torch.load(Path(sparse["run_dir"]) / "last.pt", weights_only=False)
+    for net_a, net_b in zip(a["networks"], b["networks"]):
+        assert all(torch.equal(net_a[key], net_b[key]) for key in net_a)
+    assert every["final"] == sparse["final"] and every["best"] == sparse["best"]
+    timing = ("epoch_time_s", "images_per_s")
+    for whole, skipped in zip(every["history"], sparse["history"]):
+        diagnosed = whole["epoch"] != 1  # tests at 0 and 2 (the last); every 2: 0 and 2
+        for net_whole, net_skipped in zip(whole["networks"], skipped["networks"]):
+            assert all(net_whole[k] is not None for k in DIAGNOSTICS)
+            assert {k: net_skipped[k] for k in DIAGNOSTICS} == (
+                {k: net_whole[k] for k in DIAGNOSTICS} if diagnosed else dict.fromkeys(DIAGNOSTICS))
+            rest = set(net_whole) - set(DIAGNOSTICS)
+            assert {k: net_whole[k] for k in rest} == {k: net_skipped[k] for k in rest}
+        assert {k: v for k, v in whole.items() if k not in (*timing, *DIAGNOSTICS, "networks")} \
+            == {k: v for k, v in skipped.items() if k not in (*timing, *DIAGNOSTICS, "networks")}
+    log = (Path(sparse["run_dir"]) / "train.log").read_text()
+    assert "epoch 1/2 [SELF]" in log and "label-prec -  net2" in log
+    assert (Path(sparse["run_dir"]) / "curves.png").stat().st_size > 0
+
+
 def test_a_new_run_never_overwrites_an_earlier_one(data_dir, tmp_path):
     first = train_self.main(args(data_dir, tmp_path, "--epochs", "1"))
     second = train_self.main(args(data_dir, tmp_path, "--epochs", "1"))
