@@ -128,16 +128,27 @@ def train_grid(grid: Grid, out: Path) -> None:
     share_clean_baseline(runs, out)
     todo = [run for run in runs if run.status()[0] != "done"]
     print(f"== {grid.name}: {len(runs)} runs, {len(todo)} to train", flush=True)
-    started = time.time()
-    outcomes = reproduce.main(argv)
+    if not todo:
+        return
+    started, code = time.time(), commit()
+    try:
+        outcomes = reproduce.main(argv)
+    finally:  # what this invocation trained, even if stopped: minutes, code, date
+        record_invocation(out / grid.name, {
+            "minutes": round((time.time() - started) / 60, 1),
+            "runs_trained": sum(run.status()[0] == "done" for run in todo), "runs": len(runs),
+            "commit": code, "date": time.strftime("%Y-%m-%d")})
     failed = [name for name, outcome in outcomes.items() if outcome != "done"]
     if failed:
         raise UserError(f"grid {grid.name}: {len(failed)} runs did not finish ({failed[0]}, "
                         f"...); see {out / grid.name / 'logs'}; rerun the same command")
-    if todo:  # what trained it: the minutes of this invocation, the code, the date
-        atomic_write_text(out / grid.name / "provenance.json", json.dumps({
-            "minutes": round((time.time() - started) / 60, 1), "runs_trained": len(todo),
-            "runs": len(runs), "commit": commit(), "date": time.strftime("%Y-%m-%d")}))
+
+
+def record_invocation(folder: Path, invocation: dict) -> None:
+    """Add one invocation of the study to the grid's provenance.json (a grid trained over
+    several invocations, e.g. one stopped and continued, has one entry each)."""
+    atomic_write_text(folder / "provenance.json", json.dumps(
+        {"invocations": provenance_of(folder).get("invocations", []) + [invocation]}))
 
 
 def commit() -> str:
@@ -149,9 +160,21 @@ def commit() -> str:
     return git("rev-parse", "--short", "HEAD") + (" (with uncommitted changes)" if dirty else "")
 
 
-def provenance(grid: Grid, out: Path) -> dict:
-    path = out / grid.name / "provenance.json"
+def provenance_of(folder: Path) -> dict:
+    path = folder / "provenance.json"
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def provenance(grid: Grid, out: Path) -> dict:
+    """The grid's invocations summed: minutes, runs trained, and the commits and dates."""
+    invocations = provenance_of(out / grid.name).get("invocations", [])
+    if not invocations:
+        return {}
+    return {"minutes": sum(i["minutes"] for i in invocations),
+            "runs_trained": sum(i["runs_trained"] for i in invocations),
+            "runs": invocations[-1]["runs"], "invocations": len(invocations),
+            "commit": ", ".join(dict.fromkeys(i["commit"] for i in invocations)),
+            "date": ", ".join(dict.fromkeys(i["date"] for i in invocations))}
 
 
 @dataclass
@@ -290,8 +313,10 @@ COMMON = ("the demo's synthetic data, ResNet-18 at 32×16 from the synthetic pre
 def source(parts: Sequence[Part], out: Path, link: str) -> str:
     """Where a block's numbers come from: the command, the per-run CSVs, date and commit."""
     provs = [provenance(g, out) for p in parts for g in p.grids]
-    commits = ", ".join(sorted({p.get("commit", "not recorded") for p in provs}))
-    dates = ", ".join(sorted({p.get("date", "not recorded") for p in provs}))
+    commits = ", ".join(sorted({c for p in provs for c in p.get("commit", "not recorded")
+                                .split(", ")}))
+    dates = ", ".join(sorted({d for p in provs for d in p.get("date", "not recorded")
+                              .split(", ")}))
     csvs = ", ".join(f"[{p.name}.csv]({link}{p.name}.csv)" for p in parts)
     command = "python benchmarks/study.py --parts " + " ".join(p.name for p in parts)
     return (f"From `{command}`, measured on {dates} at commit {commits} (per run: {csvs}); "
@@ -381,8 +406,10 @@ def time_block(out: Path) -> list[str]:
             p = provenance(grid, out)
             if p:
                 lines.append([f"`{grid.name}`", f"{p['runs_trained']} of {p['runs']}",
-                              f"{p['minutes']:.1f}", p["date"], p["commit"]])
-    return markdown_table(["grid", "runs trained", "minutes", "date", "commit"], lines)
+                              f"{p['minutes']:.1f}", str(p["invocations"]), p["date"],
+                              p["commit"]])
+    return markdown_table(["grid", "runs trained", "minutes", "invocations", "date", "commit"],
+                          lines)
 
 
 def replace_block(path: Path, name: str, lines: Sequence[str]) -> None:
