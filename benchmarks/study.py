@@ -57,6 +57,7 @@ from core_reid.utils import ArgumentParser, UserError, atomic_write_text, run_cl
 
 SETTINGS = ["random:0.2", "random:0.5", "pattern:0.2"]
 SEEDS = ["1", "2", "3"]
+DEMO = ["--demo"]  # what every grid of the study trains on: the demo's data, net and schedule
 TWO_JOBS = ["--jobs", "2", "--threads", "1"]
 OLD_DEMO = ["--epochs", "28", "--milestones", "20", "25", "--stage1_epochs", "20"]
 RELEASED = ["--epochs", "61", "--milestones", "20", "50", "--stage1_epochs", "20"]
@@ -108,7 +109,7 @@ END_MARKER = "<!-- /study:{} -->"
 
 def plan(grid: Grid, out: Path) -> tuple[list[str], list[Run]]:
     """The reproduce.py arguments of ``grid`` and the runs they make."""
-    argv = ["--demo", *grid.argv, *TWO_JOBS, "--output_dir", str(out / grid.name)]
+    argv = [*DEMO, *grid.argv, *TWO_JOBS, "--output_dir", str(out / grid.name)]
     cli, train_flags = reproduce.parse(argv)
     runs = expand(cli.datasets, cli.noise, cli.methods, cli.seeds, train_flags,
                   Path(cli.output_dir).resolve())
