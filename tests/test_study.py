@@ -32,6 +32,9 @@ PARTS = {
     "tau": study.Part("tau", "tiny", [study.Grid(
         "tau0.3", ("--methods", "coteaching", *ONE, "--forget_rate", "0.3"),
         variant="forget rate 0.3")]),
+    "jocor": study.Part("jocor", "tiny", [study.Grid(
+        "jocor_lambda0.1", ("--methods", "jocor", *ONE, "--co_lambda", "0.1"),
+        variant="λ 0.1")]),
     "schedule": study.Part("schedule", "tiny", [study.Grid(
         "schedule_old", ("--methods", "baseline", *ONE, "--epochs", "3"),
         schedule="earlier demo")]),
@@ -69,7 +72,7 @@ def tiny_study(data_dir, tmp_path_factory, request):
 def test_each_run_is_a_row_saying_what_it_was_told(tiny_study):
     out, docs = tiny_study
     rows = {part: read_csv(docs / "results" / f"{part}.csv") for part in PARTS}
-    assert [len(rows[part]) for part in PARTS] == [2, 1, 1, 1]
+    assert [len(rows[part]) for part in PARTS] == [2, 1, 1, 1, 1]
     told = {(r["grid"], r["method"]): r["told_noise_rate"] for part in rows for r in rows[part]}
     metrics = json.loads(next((out / "auto" / "runs").glob("*/metrics.json")).read_text())
     estimate = metrics["history"][-1]["networks"][0]["forget_rate_estimate"]
@@ -77,6 +80,7 @@ def test_each_run_is_a_row_saying_what_it_was_told(tiny_study):
     assert told == {("main", "baseline"): "no", ("main", "coteaching"): "yes",
                     ("auto", "coteaching"): f"no: estimated {estimate:.2f}",
                     ("tau0.3", "coteaching"): "a wrong rate, 0.3 (truth 0.5)",
+                    ("jocor_lambda0.1", "jocor"): "yes",
                     ("schedule_old", "baseline"): "no"}
     assert rows["schedule"][0]["epochs"] == "3" and rows["main"][0]["epochs"] == "2"
     for part in rows.values():
@@ -96,6 +100,7 @@ def test_the_tables_fill_the_markers_with_their_source(tiny_study):
     assert f"at commit {study.commit()}" in headline
     assert "| Co-teaching | yes |" in block(results, "main")
     assert "a wrong rate, 0.3 (truth 0.5)" in block(results, "tau")
+    assert "| JoCoR (λ 0.1) | yes |" in block(results, "jocor")
     assert "ordering by mean mAP" in block(results, "schedule")
     invocations = json.loads((out / "main" / "provenance.json").read_text())["invocations"]
     assert [(i["runs_trained"], i["runs"]) for i in invocations] == [(2, 2)]
