@@ -22,23 +22,16 @@ import study  # noqa: E402
 TINY = ["--arch", "resnet18", "--pretrained", "none", "--img_size", "32", "16", "--batchsize",
         "8", "--workers", "0", "--epochs", "2", "--milestones", "1", "--eval_every", "1",
         "--forget_epochs", "1"]
-ONE = ("--noise", "random:0.5", "--seeds", "1")
-PARTS = {
-    "main": study.Part("main", "tiny", [study.Grid("main", ("--methods", "baseline",
-                                                            "coteaching", *ONE))]),
-    "auto": study.Part("auto", "tiny", [study.Grid(
-        "auto", ("--methods", "coteaching", *ONE, "--forget_rate", "auto"),
-        variant="forget rate auto")]),
-    "tau": study.Part("tau", "tiny", [study.Grid(
-        "tau0.3", ("--methods", "coteaching", *ONE, "--forget_rate", "0.3"),
-        variant="forget rate 0.3")]),
-    "jocor": study.Part("jocor", "tiny", [study.Grid(
-        "jocor_lambda0.1", ("--methods", "jocor", *ONE, "--co_lambda", "0.1"),
-        variant="λ 0.1")]),
-    "schedule": study.Part("schedule", "tiny", [study.Grid(
-        "schedule_old", ("--methods", "baseline", *ONE, "--epochs", "3"),
-        schedule="earlier demo")]),
-}
+GRIDS = [  # part, grid, methods and flags, labels
+    ("main", "main", ("baseline", "coteaching"), (), {}),
+    ("auto", "auto", ("coteaching",), ("--forget_rate", "auto"), {"variant": "forget rate auto"}),
+    ("tau", "tau0.3", ("coteaching",), ("--forget_rate", "0.3"), {"variant": "forget rate 0.3"}),
+    ("jocor", "jocor_lambda0.1", ("jocor",), ("--co_lambda", "0.1"), {"variant": "λ 0.1"}),
+    ("schedule", "schedule_old", ("baseline",), ("--epochs", "3"), {"schedule": "earlier demo"})]
+PARTS = {part: study.Part(part, "tiny", [study.Grid(grid, ("--methods", *methods, "--noise",
+                                                           "random:0.5", "--seeds", "1", *flags),
+                                                    **labels)])
+         for part, grid, methods, flags, labels in GRIDS}
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
