@@ -319,11 +319,9 @@ COMMON = ("the demo's synthetic data, ResNet-18 at 32×16 from the synthetic pre
 
 def source(parts: Sequence[Part], out: Path, link: str) -> str:
     """Where a block's numbers come from: the command, the per-run CSVs, date and commit."""
-    provs = [provenance(g, out) for p in parts for g in p.grids]
-    commits = ", ".join(sorted({c for p in provs for c in p.get("commit", "not recorded")
-                                .split(", ")}))
-    dates = ", ".join(sorted({d for p in provs for d in p.get("date", "not recorded")
-                              .split(", ")}))
+    provs = [p for p in (provenance(g, out) for p in parts for g in p.grids) if p]
+    commits = ", ".join(sorted({c for p in provs for c in p["commit"].split(", ")}))
+    dates = ", ".join(sorted({d for p in provs for d in p["date"].split(", ")}))
     csvs = ", ".join(f"[{p.name}.csv]({link}{p.name}.csv)" for p in parts)
     command = "python benchmarks/study.py --parts " + " ".join(p.name for p in parts)
     return (f"From `{command}`, measured on {dates} at commit {commits} (per run: {csvs}); "
