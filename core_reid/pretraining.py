@@ -17,8 +17,10 @@ generator and training settings, the code that makes it (``PRETRAINING_SOURCES``
 torchvision versions, the CPU threads, the device kind and the arithmetic. Any of them changed,
 the name changes and the pretraining is made again (with a note saying what differs from the
 last one made), never silently reused. The cache is written atomically; a damaged one is made
-again. A run records the file's sha256 in its ``pretrained`` block: two runs started from the
-same backbone exactly when their checksums agree.
+again. A run records the file's sha256 in its ``pretrained`` block: two runs with the same
+checksum started from the same file (the file keeps its path and date too, so the same weights
+made again elsewhere have another checksum; the name and ``computation`` say whether they
+should be the same).
 """
 from __future__ import annotations
 
