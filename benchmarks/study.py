@@ -387,6 +387,8 @@ def schedule_block(rows: Sequence[Row]) -> list[str]:
     groups = grouped(rows)
     schedules = list(dict.fromkeys(k[2] for k in groups))
     keys = [k for k in ordered_methods(groups) if (k[3], k[4]) == ("random", 0.5) and not k[1]]
+    compared = {k[0] for k in keys if k[2] != "demo"}  # the methods trained under the others
+    keys = [k for k in keys if not compared or k[0] in compared]
     methods = list(dict.fromkeys(k[0] for k in keys))
     table = []
     for method in methods:
