@@ -287,9 +287,9 @@ def told(rows: Sequence[Row]) -> str:
     return rows[0].told
 
 
-def cells(groups: dict[tuple, list[Row]], keys: Sequence[str]) -> dict[tuple, list[str]]:
-    return {key: [mean_std([r.value(k) for r in rows]) for k in keys]
-            for key, rows in groups.items()}
+def means(rows: Sequence[Row], keys: Sequence[str]) -> list[str]:
+    """The seeds' mean ± std of each of ``keys`` (``Row.value``)."""
+    return [mean_std([r.value(k) for r in rows]) for k in keys]
 
 
 def grouped(rows: Sequence[Row]) -> dict[tuple, list[Row]]:
@@ -319,9 +319,10 @@ COMMON = ("the demo's synthetic data, ResNet-18 at 32×16 from the synthetic pre
 
 def source(parts: Sequence[Part], out: Path, link: str) -> str:
     """Where a block's numbers come from: the command, the per-run CSVs, date and commit."""
-    provs = [p for p in (provenance(g, out) for p in parts for g in p.grids) if p]
-    commits = ", ".join(sorted({c for p in provs for c in p["commit"].split(", ")}))
-    dates = ", ".join(sorted({d for p in provs for d in p["date"].split(", ")}))
+    recorded = [prov for prov in (provenance(grid, out) for part in parts for grid in part.grids)
+                if prov]  # the grids that have runs
+    commits = ", ".join(sorted({c for prov in recorded for c in prov["commit"].split(", ")}))
+    dates = ", ".join(sorted({d for prov in recorded for d in prov["date"].split(", ")}))
     csvs = ", ".join(f"[{p.name}.csv]({link}{p.name}.csv)" for p in parts)
     command = "python benchmarks/study.py --parts " + " ".join(p.name for p in parts)
     return (f"From `{command}`, measured on {dates} at commit {commits} (per run: {csvs}); "
@@ -359,10 +360,9 @@ def main_block(rows: Sequence[Row]) -> list[str]:
         out += markdown_table(
             ["method", "told the noise rate", "rank-1", "mAP", "label precision",
              "noisy corrected", "noisy memorised"],
-            [[label(groups[k]), told(groups[k]), *(mean_std([r.value(v) for r in groups[k]])
-                                                   for v in ("rank1", "mAP", "label_precision",
-                                                             "noisy_corrected",
-                                                             "noisy_memorized"))]
+            [[label(groups[k]), told(groups[k]),
+              *means(groups[k], ("rank1", "mAP", "label_precision", "noisy_corrected",
+                                 "noisy_memorized"))]
              for k in keys])
         out.append("")
     return out[:-1]
@@ -377,9 +377,8 @@ def variants_block(rows: Sequence[Row], method: str, first_column: str) -> list[
     return markdown_table(
         [first_column, "told the noise rate", "rank-1", "mAP", "label precision",
          "noisy memorised"],
-        [[label(groups[k]), told(groups[k]), *(mean_std([r.value(v) for r in groups[k]])
-                                               for v in ("rank1", "mAP", "label_precision",
-                                                         "noisy_memorized"))]
+        [[label(groups[k]), told(groups[k]),
+          *means(groups[k], ("rank1", "mAP", "label_precision", "noisy_memorized"))]
          for k in keys])
 
 

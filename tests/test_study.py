@@ -1,4 +1,4 @@
-"""benchmarks/study.py on a tiny study of its four parts (real runs on the tests' synthetic data):
+"""benchmarks/study.py on a tiny study of its five parts (real runs on the tests' synthetic data):
 one row per run in docs/results/<part>.csv with what it was told of the noise rate, the tables
 between the markers, the time it took, a second invocation that trains nothing, and one row's
 command that, run alone, gives that row's rank-1 and mAP."""
@@ -45,7 +45,7 @@ def block(text: str, name: str) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_study(data_dir, tmp_path_factory, request):
-    """The four tiny parts trained, and the tables written into a copy of README and docs."""
+    """The five tiny parts trained, and the tables written into a copy of README and docs."""
     patch = pytest.MonkeyPatch()
     request.addfinalizer(patch.undo)
     patch.setattr(study, "DEMO", ["--datasets", "market", "--data_dir", str(data_dir), *TINY])
